@@ -1,0 +1,41 @@
+"""`pulse-fm` command line: one entry point, a sub-command per job."""
+
+from __future__ import annotations
+
+import importlib
+import sys
+from collections.abc import Sequence
+
+# sub-command -> (module with main(argv), one-line help). Modules are imported lazily so that
+# `pulse-fm serve` does not import torch and `pulse-fm train` does not import the web stack.
+COMMANDS: dict[str, tuple[str, str]] = {
+    "prepare": ("training.prepare", "recordings or a synthetic cohort -> segment store"),
+}
+
+
+def usage() -> str:
+    lines = ["usage: pulse-fm COMMAND [options]   (pulse-fm COMMAND --help for details)", "", "commands:"]
+    lines += [f"  {name:<10} {help_}" for name, (_, help_) in COMMANDS.items()]
+    return "\n".join(lines)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = list(sys.argv[1:] if argv is None else argv)
+    if not args or args[0] in ("-h", "--help"):
+        print(usage())
+        return 0
+    if args[0] in ("-V", "--version"):
+        from pulsefm import __version__
+
+        print(__version__)
+        return 0
+    name, rest = args[0], args[1:]
+    if name not in COMMANDS:
+        print(f"pulse-fm: unknown command {name!r}\n\n{usage()}", file=sys.stderr)
+        return 2
+    module = importlib.import_module(COMMANDS[name][0])
+    return int(module.main(rest) or 0)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

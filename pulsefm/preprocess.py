@@ -1,0 +1,119 @@
+"""Preprocessing shared by training and the gateway: one spec, one code path.
+
+    raw (channels, samples) @ fs
+      -> bandpass (zero-phase Butterworth, scipy)      per modality
+      -> resample to the canonical rate (polyphase)     PPG 64 Hz, ECG 128 Hz
+      -> segment into fixed windows (optional overlap)  PPG 4 x 3840 (60 s), ECG 1 x 3840 (30 s)
+      -> per-channel z-score per segment
+
+The :class:`PreprocessSpec` carries a version string; anything that depends on the exact
+preprocessing (the embedding cache key, a model card, a segment store) records it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import asdict, dataclass
+from fractions import Fraction
+
+import numpy as np
+from scipy import signal as sps
+
+from pulsefm.records import Modality
+
+Z_EPS = 1e-6
+
+
+@dataclass(frozen=True)
+class PreprocessSpec:
+    modality: Modality
+    fs: float  # canonical sampling rate (Hz)
+    channels: int  # channels the encoder takes
+    window: int  # samples per segment at `fs`
+    band: tuple[float, float]  # bandpass corner frequencies (Hz)
+    filter_order: int = 4
+    zscore: bool = True
+    min_fs: float = 16.0  # below this a recording is rejected, not upsampled
+    max_fs: float = 4096.0
+    revision: int = 1  # bump on any change in behaviour not captured by the fields
+
+    @property
+    def duration_s(self) -> float:
+        return self.window / self.fs
+
+    @property
+    def version(self) -> str:
+        """Stable id of this exact preprocessing, e.g. ``ppg-r1-1a2b3c4d``."""
+        fields = asdict(self)
+        fields["modality"] = str(self.modality)
+        digest = hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()[:8]
+        return f"{self.modality}-r{self.revision}-{digest}"
+
+    def to_dict(self) -> dict[str, object]:
+        d = asdict(self)
+        d["modality"] = str(self.modality)
+        d["band"] = list(self.band)
+        d["version"] = self.version
+        return d
+
+
+PPG_SPEC = PreprocessSpec(modality=Modality.PPG, fs=64.0, channels=4, window=3840, band=(0.5, 8.0))
+ECG_SPEC = PreprocessSpec(modality=Modality.ECG, fs=128.0, channels=1, window=3840, band=(0.5, 40.0))
+SPECS: dict[Modality, PreprocessSpec] = {Modality.PPG: PPG_SPEC, Modality.ECG: ECG_SPEC}
+
+
+def spec_for(modality: Modality | str) -> PreprocessSpec:
+    return SPECS[Modality(modality)]
+
+
+def bandpass(x: np.ndarray, fs: float, band: tuple[float, float], order: int = 4) -> np.ndarray:
+    """Zero-phase Butterworth bandpass along the last axis. The upper corner is clipped below Nyquist."""
+    low, high = band
+    high = min(high, 0.45 * fs)
+    sos = sps.butter(order, [low, high], btype="bandpass", fs=fs, output="sos")
+    return np.asarray(sps.sosfiltfilt(sos, x, axis=-1))
+
+
+def resample(x: np.ndarray, fs_in: float, fs_out: float) -> np.ndarray:
+    """Polyphase resampling along the last axis (anti-aliased)."""
+    if abs(fs_in - fs_out) < 1e-9:
+        return x
+    ratio = Fraction(fs_out / fs_in).limit_denominator(1000)
+    return np.asarray(sps.resample_poly(x, ratio.numerator, ratio.denominator, axis=-1))
+
+
+def segment(x: np.ndarray, window: int, overlap: float = 0.0) -> np.ndarray:
+    """(channels, samples) -> (n_segments, channels, window); the incomplete tail is dropped."""
+    if not 0.0 <= overlap < 1.0:
+        raise ValueError(f"overlap must be in [0, 1), got {overlap}")
+    hop = max(1, round(window * (1.0 - overlap)))
+    if x.shape[-1] < window:
+        return np.empty((0, x.shape[0], window), dtype=x.dtype)
+    view = np.lib.stride_tricks.sliding_window_view(x, window, axis=-1)[:, ::hop]  # (C, n, W)
+    return np.ascontiguousarray(view.transpose(1, 0, 2))
+
+
+def zscore(segments: np.ndarray) -> np.ndarray:
+    """Per-segment, per-channel standardisation along the last axis."""
+    mu = segments.mean(axis=-1, keepdims=True)
+    sd = segments.std(axis=-1, keepdims=True)
+    return (segments - mu) / np.maximum(sd, Z_EPS)
+
+
+def match_channels(x: np.ndarray, n: int) -> np.ndarray:
+    """Bring (C, T) to n channels: a single channel is repeated; extra channels are an error."""
+    if x.shape[0] == n:
+        return x
+    if x.shape[0] == 1:
+        return np.repeat(x, n, axis=0)
+    raise ValueError(f"expected {n} channel(s) (or 1 to repeat), got {x.shape[0]}")
+
+
+def filter_and_resample(x: np.ndarray, fs: float, spec: PreprocessSpec) -> np.ndarray:
+    """Bandpass at the native rate, then resample to ``spec.fs``. NaN-free input only."""
+    if not spec.min_fs <= fs <= spec.max_fs:
+        raise ValueError(
+            f"sampling rate {fs:g} Hz outside the supported range [{spec.min_fs:g}, {spec.max_fs:g}]"
+        )
+    return resample(bandpass(x, fs, spec.band, spec.filter_order), fs, spec.fs)

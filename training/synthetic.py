@@ -1,0 +1,241 @@
+"""A SYNTHETIC cohort: participants whose latent attributes drive physiological simulators.
+
+No public cohort with demographics and waveforms can be downloaded here (shared/DATA.md), so
+multi-participant training and probing run on this generator. Every number computed from it
+must be labelled *synthetic*.
+
+    attributes  age ~ U(18, 80); sex ~ Bernoulli(0.5) (1 = male);
+                BMI ~ N(22 + 0.06 (age - 18) + 0.8 sex, 3.5) clipped to [16, 45];
+                condition ~ Bernoulli(sigmoid(-3.5 + 0.05 (age - 18) + 0.15 (BMI - 25)))
+    physiology  resting HR, HRV, LF/HF ratio, ECG P-QRS-T angles / amplitudes / widths (neurokit2
+                ecgsyn), PPG pulse reflection (arterial stiffness) and perfusion, each a smooth
+                function of the attributes plus a per-participant random effect
+    recordings  several per participant, each with its own HR offset, motion, drift and
+                (optionally) real noise from the MIT-BIH Noise Stress Test bank
+
+Deterministic by seed: participant i of seed s always has the same attributes and signals.
+"""
+
+from __future__ import annotations
+
+import warnings
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+from scipy import signal as sps
+
+from pulsefm.preprocess import resample
+from pulsefm.records import Modality, Record
+
+PPG_CHANNELS = ("green1", "green2", "red", "infrared")
+
+
+@dataclass(frozen=True)
+class CohortConfig:
+    n_participants: int = 200
+    recordings: int = 4  # per participant and modality
+    ppg_duration_s: float = 180.0
+    ecg_duration_s: float = 120.0
+    ppg_fs: float = 64.0
+    ecg_fs: float = 128.0  # ecgsyn cost grows with the rate; the resampling path is exercised by real files
+    modalities: tuple[str, ...] = ("ppg", "ecg")
+    seed: int = 0
+    noise_bank: str | None = None  # path to an NSTDB-like HDF5 (bw / em / ma datasets), or None
+
+
+@dataclass(frozen=True)
+class Participant:
+    participant_id: str
+    age: float
+    sex: int  # 1 = male
+    bmi: float
+    condition: int
+    # simulator parameters (the "true" physiology; an upper bound for probes)
+    hr_rest: float
+    hrv_std: float
+    lfhf: float
+    r_amp: float
+    qrs_width: float
+    t_amp: float
+    t_angle: float
+    reflection: float
+    reflection_delay_s: float
+    perfusion: float
+    channel_gain: tuple[float, ...] = field(default=(1.0, 1.0, 1.0, 1.0))
+
+    def labels(self) -> dict[str, float | int | str]:
+        d = asdict(self)
+        d.pop("channel_gain")
+        return d
+
+
+def _rng(*key: int) -> np.random.Generator:
+    return np.random.default_rng(list(key))
+
+
+def sample_participant(seed: int, index: int) -> Participant:
+    rng = _rng(seed, index)
+    age = float(rng.uniform(18, 80))
+    sex = int(rng.random() < 0.5)
+    bmi = float(np.clip(rng.normal(22 + 0.06 * (age - 18) + 0.8 * sex, 3.5), 16, 45))
+    p_cond = 1 / (1 + np.exp(-(-3.5 + 0.05 * (age - 18) + 0.15 * (bmi - 25))))
+    condition = int(rng.random() < p_cond)
+    a, b = (age - 50) / 20, (bmi - 25) / 5  # standardised-ish
+    return Participant(
+        participant_id=f"syn{seed:03d}-{index:06d}",
+        age=round(age, 2),
+        sex=sex,
+        bmi=round(bmi, 2),
+        condition=condition,
+        hr_rest=float(
+            np.clip(70 - 3 * a + 3 * (1 - sex) + 2.5 * b + 5 * condition + rng.normal(0, 5), 45, 110)
+        ),
+        hrv_std=float(np.clip(4.0 - 1.2 * a - 0.5 * condition + rng.normal(0, 0.6), 0.5, 8.0)),
+        lfhf=float(np.clip(0.6 + 0.25 * a + 0.3 * condition + rng.normal(0, 0.1), 0.2, 2.0)),
+        r_amp=float(np.clip(30 * (1 - 0.1 * b + 0.08 * sex) + rng.normal(0, 2), 15, 45)),
+        qrs_width=float(np.clip(0.1 * (1 + 0.08 * sex + 0.05 * b) + rng.normal(0, 0.005), 0.07, 0.14)),
+        t_amp=float(np.clip(0.75 - 0.12 * a - 0.25 * condition + rng.normal(0, 0.08), 0.1, 1.5)),
+        t_angle=float(np.clip(100 + 6 * a + rng.normal(0, 4), 80, 130)),
+        reflection=float(
+            np.clip(0.35 + 0.12 * a + 0.1 * condition + 0.03 * b + rng.normal(0, 0.04), 0.05, 0.9)
+        ),
+        reflection_delay_s=float(
+            np.clip(0.25 - 0.04 * a - 0.02 * condition + rng.normal(0, 0.01), 0.12, 0.35)
+        ),
+        perfusion=float(np.clip(1.0 - 0.12 * b - 0.05 * a + rng.normal(0, 0.08), 0.3, 1.6)),
+        channel_gain=tuple(float(g) for g in rng.uniform([0.9, 0.8, 0.4, 0.5], [1.1, 1.0, 0.7, 0.9])),
+    )
+
+
+class NoiseBank:
+    """Real noise (e.g. MIT-BIH NSTDB baseline wander / electrode motion / muscle) to add to signals."""
+
+    def __init__(self, noises: dict[str, np.ndarray], fs: float) -> None:
+        self.noises = {k: v / (np.std(v) + 1e-12) for k, v in noises.items()}
+        self.fs = fs
+
+    @classmethod
+    def from_hdf5(cls, path: str | Path, fs: float = 360.0) -> NoiseBank:
+        import h5py
+
+        with h5py.File(path, "r") as fh:
+            noises = {k: np.asarray(fh[k][()], dtype=np.float64).reshape(len(fh[k]), -1)[:, 0] for k in fh}
+        return cls(noises, fs)
+
+    def sample(self, rng: np.random.Generator, n: int, fs: float, kind: str) -> np.ndarray:
+        """`n` samples of unit-variance noise of `kind`, at rate `fs`."""
+        src = self.noises[kind]
+        need = int(np.ceil(n * self.fs / fs)) + 16
+        start = int(rng.integers(0, max(1, src.size - need)))
+        out = resample(src[start : start + need], self.fs, fs)[:n]
+        return (out - out.mean()) / (out.std() + 1e-12)
+
+
+def _ecg(
+    p: Participant, rec: int, cfg: CohortConfig, rng: np.random.Generator, bank: NoiseBank | None
+) -> Record:
+    import neurokit2 as nk
+
+    hr = float(np.clip(p.hr_rest + rng.normal(0, 4), 40, 130))
+    ti = (-70, -15, 0, 15, p.t_angle)
+    ai = (1.2, -5, p.r_amp, -7.5, p.t_amp)
+    bi = (0.25, 0.1, p.qrs_width, 0.1, 0.4)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        x = nk.ecg_simulate(
+            duration=cfg.ecg_duration_s,
+            sampling_rate=int(cfg.ecg_fs),
+            heart_rate=hr,
+            heart_rate_std=p.hrv_std,
+            method="ecgsyn",
+            noise=0.01,
+            random_state=int(rng.integers(2**31)),
+            lfhfratio=p.lfhf,
+            ti=ti,
+            ai=ai,
+            bi=bi,
+        )
+    x = np.asarray(x, dtype=np.float64)
+    n = x.size
+    x = x + 0.05 * np.std(x) * np.sin(2 * np.pi * rng.uniform(0.05, 0.3) * np.arange(n) / cfg.ecg_fs)
+    if bank is not None:
+        snr_db = rng.uniform(12, 30)
+        mix = sum(
+            w * bank.sample(rng, n, cfg.ecg_fs, k)
+            for k, w in zip(("bw", "em", "ma"), rng.dirichlet([2, 1, 1]), strict=True)
+        )
+        x = x + np.std(x) * 10 ** (-snr_db / 20) * mix / (np.std(mix) + 1e-12)
+    return Record(
+        x[None],
+        ("ecg",),
+        cfg.ecg_fs,
+        p.participant_id,
+        f"{p.participant_id}-ecg{rec}",
+        Modality.ECG,
+        {"synthetic": True, "heart_rate_bpm": hr},
+    )
+
+
+def _ppg(
+    p: Participant, rec: int, cfg: CohortConfig, rng: np.random.Generator, bank: NoiseBank | None
+) -> Record:
+    import neurokit2 as nk
+
+    fs = cfg.ppg_fs
+    hr = float(np.clip(p.hr_rest + rng.normal(0, 4), 40, 130))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        base = nk.ppg_simulate(
+            duration=cfg.ppg_duration_s,
+            sampling_rate=int(fs),
+            heart_rate=hr,
+            frequency_modulation=float(np.clip(0.05 * p.hrv_std, 0.02, 0.4)),
+            ibi_randomness=float(np.clip(0.02 * p.hrv_std, 0.01, 0.2)),
+            drift=float(rng.uniform(0, 0.3)),
+            motion_amplitude=float(rng.uniform(0, 0.2)),
+            powerline_amplitude=0.0,
+            random_state=int(rng.integers(2**31)),
+        )
+    base = np.asarray(base, dtype=np.float64)
+    n = base.size
+    lag = round(p.reflection_delay_s * fs)
+    pulse = base.copy()
+    pulse[lag:] += p.reflection * base[:-lag]  # reflected wave: stiffer arteries -> larger, earlier
+    pulse = (pulse - pulse.mean()) * p.perfusion
+    chans = []
+    for c, gain in enumerate(p.channel_gain):
+        cutoff = (6.0, 5.5, 4.0, 4.5)[c]  # deeper-penetrating wavelengths look smoother
+        sos = sps.butter(2, cutoff, fs=fs, output="sos")
+        y = gain * sps.sosfiltfilt(sos, np.roll(pulse, c))
+        y = y + rng.normal(0, 0.03 + 0.02 * c, n) * np.std(y)
+        chans.append(y)
+    x = np.stack(chans)
+    if bank is not None:
+        wander = bank.sample(rng, n, fs, "bw")
+        motion = bank.sample(rng, n, fs, "em")
+        amp = np.std(x[0]) * rng.uniform(0.05, 0.3)
+        x = x + amp * (wander + 0.5 * motion)[None] * rng.uniform(0.7, 1.3, size=(4, 1))
+    return Record(
+        x,
+        PPG_CHANNELS,
+        fs,
+        p.participant_id,
+        f"{p.participant_id}-ppg{rec}",
+        Modality.PPG,
+        {"synthetic": True, "heart_rate_bpm": hr},
+    )
+
+
+def simulate_participant(
+    cfg: CohortConfig, index: int, bank: NoiseBank | None = None
+) -> tuple[Participant, list[Record]]:
+    """A participant and all their recordings (each modality in cfg.modalities)."""
+    p = sample_participant(cfg.seed, index)
+    records: list[Record] = []
+    for r in range(cfg.recordings):
+        if "ppg" in cfg.modalities:
+            records.append(_ppg(p, r, cfg, _rng(cfg.seed, index, r, 1), bank))
+        if "ecg" in cfg.modalities:
+            records.append(_ecg(p, r, cfg, _rng(cfg.seed, index, r, 2), bank))
+    return p, records
