@@ -10,6 +10,7 @@ from collections.abc import Sequence
 # `pulse-fm serve` does not import torch and `pulse-fm train` does not import the web stack.
 COMMANDS: dict[str, tuple[str, str]] = {
     "prepare": ("training.prepare", "recordings or a synthetic cohort -> segment store"),
+    "train": ("training.train", "contrastive pretraining (single process or torchrun/DDP)"),
 }
 
 
