@@ -27,3 +27,30 @@ def synthetic_ecg(fs: float = 500.0, seconds: float = 40.0, hr: float = 72.0, se
     return np.asarray(
         nk.ecg_simulate(duration=seconds, sampling_rate=int(fs), heart_rate=hr, random_state=seed)
     )
+
+
+@pytest.fixture(scope="session")
+def small_store(tmp_path_factory):
+    """A SYNTHETIC store: 12 participants x 2 recordings of PPG (3 segments each) and ECG."""
+    from training.prepare import main as prepare_main
+
+    out = tmp_path_factory.mktemp("store") / "syn12"
+    prepare_main(
+        [
+            "--synthetic",
+            "12",
+            "--recordings",
+            "2",
+            "--ppg-seconds",
+            "185",
+            "--ecg-seconds",
+            "65",
+            "--chunk",
+            "6",
+            "--workers",
+            "2",
+            "--out",
+            str(out),
+        ]
+    )
+    return out

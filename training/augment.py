@@ -132,7 +132,9 @@ class Compose:
         return x
 
 
-PPG_AUGMENT = Compose((CutOut(0.4), MagnitudeWarp(0.25), TimeWarp(0.15), GaussianNoise(0.25), ChannelPermute(0.25)))
+PPG_AUGMENT = Compose(
+    (CutOut(0.4), MagnitudeWarp(0.25), TimeWarp(0.15), GaussianNoise(0.25), ChannelPermute(0.25))
+)
 # ECG probabilities are marked "unverified" in the recipe
 ECG_AUGMENT = Compose((CutOut(0.8), MagnitudeWarp(0.5), TimeWarp(0.3), GaussianNoise(0.5)))
 NO_AUGMENT = Compose(())

@@ -64,11 +64,15 @@ PRESETS: dict[str, TrainConfig] = {
     # ~3.2 M parameter PPG encoder, recipe hyper-parameters
     "ppg": TrainConfig(),
     # ~2.4 M parameter single-lead ECG encoder
-    "ecg": TrainConfig(preset="ecg", modality="ecg", encoder=EncoderConfig(in_channels=1, width=0.77), augment="ecg"),
+    "ecg": TrainConfig(
+        preset="ecg", modality="ecg", encoder=EncoderConfig(in_channels=1, width=0.77), augment="ecg"
+    ),
     # a small PPG model for tests and CPU demos: minutes on 2 cores
     "tiny": TrainConfig(
         preset="tiny",
-        encoder=EncoderConfig(in_channels=4, width=0.25, depth=0.34, stem_channels=16, embed_dim=256, drop_path=0.0),
+        encoder=EncoderConfig(
+            in_channels=4, width=0.25, depth=0.34, stem_channels=16, embed_dim=256, drop_path=0.0
+        ),
         head_hidden=256,
         head_out=64,
         batch_size=32,
@@ -103,6 +107,8 @@ def apply_overrides(cfg: TrainConfig, pairs: list[str]) -> TrainConfig:
     for pair in pairs:
         key, sep, value = pair.partition("=")
         if not sep or key not in types or key in ("encoder", "encoder.stages"):
-            raise ValueError(f"bad override {pair!r}; settable keys: {sorted(k for k in types if k != 'encoder')}")
+            raise ValueError(
+                f"bad override {pair!r}; settable keys: {sorted(k for k in types if k != 'encoder')}"
+            )
         changes[key] = parse_value(types[key], value)
     return cfg.replace(**changes)

@@ -12,8 +12,12 @@ import torch.nn.functional as F
 from torch import nn
 
 
-def info_nce(q: torch.Tensor, k: torch.Tensor, tau: float, groups: torch.Tensor | None = None) -> torch.Tensor:
-    """One direction: row i of `q` must pick row i of `k` among all rows of `k`.  q, k: (B, D)."""
+def info_nce(
+    q: torch.Tensor, k: torch.Tensor, tau: float, groups: torch.Tensor | None = None, reduction: str = "mean"
+) -> torch.Tensor:
+    """One direction: row i of `q` must pick row i of `k` among all rows of `k`.  q, k: (B, D).
+
+    reduction 'mean' -> scalar, 'none' -> (B,) per-anchor losses."""
     q = F.normalize(q, dim=1)
     k = F.normalize(k, dim=1)
     logits = q @ k.T / tau  # (B, B)
@@ -22,7 +26,7 @@ def info_nce(q: torch.Tensor, k: torch.Tensor, tau: float, groups: torch.Tensor 
         same.fill_diagonal_(False)
         logits = logits.masked_fill(same, float("-inf"))
     target = torch.arange(q.shape[0], device=q.device)
-    return F.cross_entropy(logits, target)
+    return F.cross_entropy(logits, target, reduction=reduction)
 
 
 def symmetric_info_nce(
@@ -56,10 +60,17 @@ class ContrastiveLoss(nn.Module):
         self.koleo_weight = koleo_weight
 
     def forward(
-        self, s1: torch.Tensor, s2: torch.Tensor, t1: torch.Tensor, t2: torch.Tensor, groups: torch.Tensor | None
+        self,
+        s1: torch.Tensor,
+        s2: torch.Tensor,
+        t1: torch.Tensor,
+        t2: torch.Tensor,
+        groups: torch.Tensor | None,
     ) -> dict[str, torch.Tensor]:
         if not (s1.shape == s2.shape == t1.shape == t2.shape) or s1.ndim != 2:
-            raise ValueError(f"expected four (B, D) tensors of one shape, got {[tuple(t.shape) for t in (s1, s2, t1, t2)]}")
+            raise ValueError(
+                f"expected four (B, D) tensors of one shape, got {[tuple(t.shape) for t in (s1, s2, t1, t2)]}"
+            )
         if groups is not None and groups.shape != (s1.shape[0],):
             raise ValueError(f"groups must be ({s1.shape[0]},), got {tuple(groups.shape)}")
         nce = 0.5 * (info_nce(s1, t2, self.temperature, groups) + info_nce(s2, t1, self.temperature, groups))

@@ -62,8 +62,9 @@ class SqueezeExcite1d(nn.Module):
 
 
 class MBConv1d(nn.Module):
-    def __init__(self, cin: int, cout: int, expansion: int, kernel: int, stride: int, se_ratio: float,
-                 drop_path: float) -> None:
+    def __init__(
+        self, cin: int, cout: int, expansion: int, kernel: int, stride: int, se_ratio: float, drop_path: float
+    ) -> None:
         super().__init__()
         hidden = cin * expansion
         layers: list[nn.Module] = []
@@ -108,11 +109,14 @@ class EfficientNet1d(nn.Module):
             cout = _round(cout * cfg.width)
             for i in range(math.ceil(repeats * cfg.depth)):
                 rate = cfg.drop_path * len(blocks) / max(1, total - 1)
-                blocks.append(MBConv1d(cin, cout, expansion, kernel, stride if i == 0 else 1, cfg.se_ratio, rate))
+                blocks.append(
+                    MBConv1d(cin, cout, expansion, kernel, stride if i == 0 else 1, cfg.se_ratio, rate)
+                )
                 cin = cout
         self.blocks = nn.Sequential(*blocks)
-        self.head = nn.Sequential(nn.Conv1d(cin, cfg.embed_dim, 1, bias=False), nn.BatchNorm1d(cfg.embed_dim),
-                                  nn.SiLU())
+        self.head = nn.Sequential(
+            nn.Conv1d(cin, cfg.embed_dim, 1, bias=False), nn.BatchNorm1d(cfg.embed_dim), nn.SiLU()
+        )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.head(self.blocks(self.stem(x))).mean(dim=-1)  # (B, embed_dim)
@@ -121,10 +125,15 @@ class EfficientNet1d(nn.Module):
 class ProjectionHead(nn.Module):
     """MLP embed_dim -> hidden -> out_dim; no predictor."""
 
-    def __init__(self, in_dim: int = 256, hidden: int = 1024, out_dim: int = 128, dropout: float = 0.1) -> None:
+    def __init__(
+        self, in_dim: int = 256, hidden: int = 1024, out_dim: int = 128, dropout: float = 0.1
+    ) -> None:
         super().__init__()
         self.net = nn.Sequential(
-            nn.Linear(in_dim, hidden), nn.BatchNorm1d(hidden), nn.ReLU(), nn.Dropout(dropout),
+            nn.Linear(in_dim, hidden),
+            nn.BatchNorm1d(hidden),
+            nn.ReLU(),
+            nn.Dropout(dropout),
             nn.Linear(hidden, out_dim),
         )
 

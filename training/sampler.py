@@ -27,7 +27,9 @@ class PairSampler:
     """`mode='participant'`: B participants, two different segments each (participants with one
     segment are left out). `mode='segment'`: B segments, each paired with itself (the ablation)."""
 
-    def __init__(self, rows: np.ndarray, participants: np.ndarray, mode: str = "participant", seed: int = 0) -> None:
+    def __init__(
+        self, rows: np.ndarray, participants: np.ndarray, mode: str = "participant", seed: int = 0
+    ) -> None:
         if mode not in ("participant", "segment"):
             raise ValueError(f"mode must be 'participant' or 'segment', got {mode!r}")
         rows = np.asarray(rows, dtype=np.int64)

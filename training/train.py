@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import copy
 import json
-import math
 import os
 import sys
 import time
@@ -139,12 +138,42 @@ def ema_update(teacher: nn.Module, student: nn.Module, momentum: float) -> None:
         bt.copy_(bs)
 
 
+def optimisation_step(
+    net: nn.Module,
+    model: nn.Module,
+    teacher: nn.Module | None,
+    loss_fn: ContrastiveLoss,
+    optimizer: torch.optim.Optimizer,
+    batch: tuple[torch.Tensor, torch.Tensor, torch.Tensor],
+    d: Dist,
+    momentum: float,
+    autocast: Callable[[], Any] = nullcontext,
+) -> tuple[dict[str, torch.Tensor], torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Forward, backward, Adam step and EMA update. `net` is `model`, or its DDP wrapper."""
+    with autocast():
+        out = contrastive_step(net, teacher, loss_fn, *batch, d)
+    optimizer.zero_grad(set_to_none=True)
+    out[0]["loss"].backward()
+    optimizer.step()
+    if teacher is not None:
+        ema_update(teacher, model, momentum)
+    return out
+
+
 # ------------------------------------------------------------------------------------------- data
 class PairLoader:
     """store rows -> (view1, view2, groups) tensors; batches prepared one step ahead in a thread."""
 
-    def __init__(self, store: SegmentStore, sampler: PairSampler, augment: Compose, batch_size: int, d: Dist,
-                 seed: int, device: torch.device) -> None:
+    def __init__(
+        self,
+        store: SegmentStore,
+        sampler: PairSampler,
+        augment: Compose,
+        batch_size: int,
+        d: Dist,
+        seed: int,
+        device: torch.device,
+    ) -> None:
         self.store, self.sampler, self.augment = store, sampler, augment
         self.batch_size, self.d, self.seed, self.device = batch_size, d, seed, device
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="prefetch")
@@ -158,13 +187,15 @@ class PairLoader:
         v1, v2 = x.chunk(2)
         return v1.contiguous(), v2.contiguous(), torch.from_numpy(batch.groups.astype(np.int64))
 
-    def iterate(self, start: int, stop: int) -> Iterator[tuple[int, tuple[torch.Tensor, torch.Tensor, torch.Tensor]]]:
+    def iterate(
+        self, start: int, stop: int
+    ) -> Iterator[tuple[int, tuple[torch.Tensor, torch.Tensor, torch.Tensor]]]:
         nxt: Future[Any] | None = self._pool.submit(self.make, start) if start < stop else None
         for step in range(start, stop):
             assert nxt is not None
             item = nxt.result()
             nxt = self._pool.submit(self.make, step + 1) if step + 1 < stop else None
-            yield step, tuple(t.to(self.device, non_blocking=True) for t in item)  # type: ignore[misc]
+            yield step, tuple(t.to(self.device, non_blocking=True) for t in item)
 
     def close(self) -> None:
         self._pool.shutdown(wait=True, cancel_futures=True)
@@ -181,7 +212,9 @@ def save_atomic(obj: Any, path: Path) -> None:
     tmp.replace(path)
 
 
-def encoder_artifact(cfg: TrainConfig, model: ContrastiveModel, step: int, store_info: dict[str, Any]) -> dict[str, Any]:
+def encoder_artifact(
+    cfg: TrainConfig, model: ContrastiveModel, step: int, store_info: dict[str, Any]
+) -> dict[str, Any]:
     spec = spec_for(cfg.modality)
     return {
         "kind": "pulse-fm-encoder",
@@ -191,13 +224,21 @@ def encoder_artifact(cfg: TrainConfig, model: ContrastiveModel, step: int, store
         "state_dict": model.encoder.state_dict(),
         "step": step,
         "train_config": cfg.to_dict(),
-        "store": {"settings": store_info.get("settings", {}).get("source"), "counts": store_info.get("counts")},
+        "store": {
+            "settings": store_info.get("settings", {}).get("source"),
+            "counts": store_info.get("counts"),
+        },
     }
 
 
 # ----------------------------------------------------------------------------------------- train
-def train(cfg: TrainConfig, store_path: str | Path, out: str | Path, device: str | None = None,
-          progress: bool = True) -> dict[str, Any]:
+def train(
+    cfg: TrainConfig,
+    store_path: str | Path,
+    out: str | Path,
+    device: str | None = None,
+    progress: bool = True,
+) -> dict[str, Any]:
     dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     d = init_distributed(dev)
     if d.active and dev.type == "cuda":
@@ -211,12 +252,17 @@ def train(cfg: TrainConfig, store_path: str | Path, out: str | Path, device: str
     if rows.size == 0:
         raise ValueError(f"{store_path}: no {cfg.modality} segments")
     pids = store.manifest["participant_id"].to_numpy()
-    split = split_participants(pids[rows], (1 - cfg.val_fraction - cfg.test_fraction, cfg.val_fraction,
-                                            cfg.test_fraction), cfg.split_seed)
+    split = split_participants(
+        pids[rows],
+        (1 - cfg.val_fraction - cfg.test_fraction, cfg.val_fraction, cfg.test_fraction),
+        cfg.split_seed,
+    )
     part = np.array([split[p] for p in pids[rows]])
     train_sampler = PairSampler(rows[part == "train"], pids[rows][part == "train"], cfg.positives, cfg.seed)
     val_rows = rows[part == "val"]
-    val_sampler = PairSampler(val_rows, pids[val_rows], cfg.positives, cfg.seed + 1) if val_rows.size else None
+    val_sampler = (
+        PairSampler(val_rows, pids[val_rows], cfg.positives, cfg.seed + 1) if val_rows.size else None
+    )
 
     torch.manual_seed(cfg.seed)
     model = build_model(cfg).to(dev)
@@ -242,23 +288,28 @@ def train(cfg: TrainConfig, store_path: str | Path, out: str | Path, device: str
         if d.main:
             print(f"resuming {out} from step {start}")
     if cfg.sync_bn and d.active and dev.type == "cuda":
-        model = nn.SyncBatchNorm.convert_sync_batchnorm(model)  # type: ignore[assignment]
+        model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
         if teacher is not None:
             teacher = nn.SyncBatchNorm.convert_sync_batchnorm(teacher)
     net: nn.Module = nn.parallel.DistributedDataParallel(model) if d.active else model
     loss_fn = ContrastiveLoss(cfg.temperature, cfg.koleo_weight)
     loader = PairLoader(store, train_sampler, AUGMENT_PRESETS[cfg.augment], cfg.batch_size, d, cfg.seed, dev)
     autocast: Callable[[], Any] = (
-        (lambda: torch.autocast("cuda", dtype=torch.bfloat16)) if (cfg.bf16 and dev.type == "cuda") else nullcontext
+        (lambda: torch.autocast("cuda", dtype=torch.bfloat16))
+        if (cfg.bf16 and dev.type == "cuda")
+        else nullcontext
     )
 
     if d.main:
         out.mkdir(parents=True, exist_ok=True)
         (out / "config.json").write_text(json.dumps(cfg.to_dict(), indent=2))
         n_enc, n_head = count_parameters(model.encoder), count_parameters(model.head)
-        print(f"[{cfg.preset}] {cfg.modality} encoder {n_enc:,} params, head {n_head:,} params; "
-              f"{train_sampler.n_participants} train participants ({train_sampler.dropped} with < 2 segments left out), "
-              f"{len(val_rows)} val segments; device {dev}, world {d.world}; store {store_path}")
+        print(
+            f"[{cfg.preset}] {cfg.modality} encoder {n_enc:,} params, head {n_head:,} params; "
+            f"{train_sampler.n_participants} train participants "
+            f"({train_sampler.dropped} with < 2 segments left out), "
+            f"{len(val_rows)} val segments; device {dev}, world {d.world}; store {store_path}"
+        )
     metrics_file = (out / "metrics.jsonl").open("a") if d.main else None
     last: dict[str, Any] = {}
 
@@ -273,7 +324,9 @@ def train(cfg: TrainConfig, store_path: str | Path, out: str | Path, device: str
         model.eval()
         if teacher is not None:
             teacher.eval()
-        vloader = PairLoader(store, val_sampler, AUGMENT_PRESETS[cfg.augment], cfg.batch_size, Dist(), cfg.seed + 1, dev)
+        vloader = PairLoader(
+            store, val_sampler, AUGMENT_PRESETS[cfg.augment], cfg.batch_size, Dist(), cfg.seed + 1, dev
+        )
         losses, hs = [], []
         with torch.no_grad(), autocast():
             for k in range(cfg.val_batches):
@@ -290,34 +343,49 @@ def train(cfg: TrainConfig, store_path: str | Path, out: str | Path, device: str
     def checkpoint(step: int) -> None:
         if not d.main:
             return
-        save_atomic({"config": cfg.to_dict(), "step": step, "encoder": model.encoder.state_dict(),
-                     "head": model.head.state_dict(), "teacher": teacher.state_dict() if teacher else None,
-                     "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict()}, ckpt_path)
+        save_atomic(
+            {
+                "config": cfg.to_dict(),
+                "step": step,
+                "encoder": model.encoder.state_dict(),
+                "head": model.head.state_dict(),
+                "teacher": teacher.state_dict() if teacher else None,
+                "optimizer": optimizer.state_dict(),
+                "scheduler": scheduler.state_dict(),
+            },
+            ckpt_path,
+        )
         save_atomic(encoder_artifact(cfg, model, step, store.info), out / "encoder.pt")
 
     model.train()
     t_last, n_last = time.perf_counter(), 0
-    bar = tqdm(total=cfg.steps, initial=start, desc=f"train {cfg.preset}", unit="step",
-               disable=not (progress and d.main) or None)
+    bar = tqdm(
+        total=cfg.steps,
+        initial=start,
+        desc=f"train {cfg.preset}",
+        unit="step",
+        disable=not (progress and d.main) or None,
+    )
     try:
         for step, (v1, v2, groups) in loader.iterate(start, cfg.steps):
             torch.manual_seed(hash_seed(cfg.seed, step, d.rank, 7))  # dropout / drop-path: a function of step
-            with autocast():
-                losses, h, s1, s2 = contrastive_step(net, teacher, loss_fn, v1, v2, groups, d)
-            optimizer.zero_grad(set_to_none=True)
-            losses["loss"].backward()
-            optimizer.step()
-            if teacher is not None:
-                ema_update(teacher, model, cfg.momentum)
+            losses, h, s1, s2 = optimisation_step(
+                net, model, teacher, loss_fn, optimizer, (v1, v2, groups), d, cfg.momentum, autocast
+            )
             n_last += v1.shape[0] * 2 * d.world
             done = step + 1
             if done % cfg.log_every == 0 or done == cfg.steps:
                 now = time.perf_counter()
                 align, unif = alignment_uniformity(s1, s2)
-                last = {"step": done, **{k: float(v.detach()) for k, v in losses.items()},
-                        "lr": optimizer.param_groups[0]["lr"],
-                        "alignment": align, "uniformity": unif, "effective_rank": effective_rank(h),
-                        "segments_per_s": n_last / (now - t_last)}
+                last = {
+                    "step": done,
+                    **{k: float(v.detach()) for k, v in losses.items()},
+                    "lr": optimizer.param_groups[0]["lr"],
+                    "alignment": align,
+                    "uniformity": unif,
+                    "effective_rank": effective_rank(h),
+                    "segments_per_s": n_last / (now - t_last),
+                }
                 t_last, n_last = now, 0
                 log(last)
                 bar.set_postfix(loss=f"{last['loss']:.3f}", rank=f"{last['effective_rank']:.1f}")
@@ -337,9 +405,11 @@ def train(cfg: TrainConfig, store_path: str | Path, out: str | Path, device: str
         if metrics_file is not None:
             metrics_file.close()
     if d.main and start < cfg.steps:
-        print(f"done: step {cfg.steps}, loss {last.get('loss', float('nan')):.4f}, "
-              f"val_loss {last.get('val_loss', float('nan')):.4f}, "
-              f"effective rank {last.get('effective_rank', float('nan')):.1f}; wrote {out}/encoder.pt")
+        print(
+            f"done: step {cfg.steps}, loss {last.get('loss', float('nan')):.4f}, "
+            f"val_loss {last.get('val_loss', float('nan')):.4f}, "
+            f"effective rank {last.get('effective_rank', float('nan')):.1f}; wrote {out}/encoder.pt"
+        )
     if d.active:
         dist.destroy_process_group()
     return last
@@ -351,28 +421,42 @@ def read_metrics(out: str | Path) -> list[dict[str, Any]]:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="pulse-fm train", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        prog="pulse-fm train", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     p.add_argument("--preset", choices=sorted(PRESETS), default="tiny")
     p.add_argument("--store", required=True, help="segment store made by `pulse-fm prepare`")
     p.add_argument("--out", required=True, help="run folder (resumed if it holds ckpt.pt)")
     p.add_argument("--steps", type=int, help="total optimisation steps")
     p.add_argument("--batch-size", type=int, help="global batch size (all ranks together)")
     p.add_argument("--modality", choices=["ppg", "ecg"])
-    p.add_argument("--positives", choices=["participant", "segment"], help="positive pairs (ablation: segment)")
+    p.add_argument(
+        "--positives", choices=["participant", "segment"], help="positive pairs (ablation: segment)"
+    )
     p.add_argument("--no-momentum", action="store_true", help="plain SimCLR: no EMA teacher")
     p.add_argument("--koleo-weight", type=float)
     p.add_argument("--seed", type=int)
     p.add_argument("--device", help="cpu, cuda, cuda:1 ... (default: cuda if available)")
-    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                   help="any other config field, e.g. --set lr=3e-4 --set encoder.width=0.5")
+    p.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="any other config field, e.g. --set lr=3e-4 --set encoder.width=0.5",
+    )
     return p
 
 
 def config_from_args(args: argparse.Namespace) -> TrainConfig:
     cfg = PRESETS[args.preset]
-    direct = {"steps": args.steps, "batch_size": args.batch_size, "modality": args.modality,
-              "positives": args.positives, "koleo_weight": args.koleo_weight, "seed": args.seed}
+    direct = {
+        "steps": args.steps,
+        "batch_size": args.batch_size,
+        "modality": args.modality,
+        "positives": args.positives,
+        "koleo_weight": args.koleo_weight,
+        "seed": args.seed,
+    }
     cfg = cfg.replace(**{k: v for k, v in direct.items() if v is not None})
     if args.modality == "ecg" and cfg.encoder.in_channels != 1:
         cfg = cfg.replace(**{"encoder.in_channels": 1, "augment": "ecg"})

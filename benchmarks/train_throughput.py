@@ -1,0 +1,163 @@
+"""Training throughput: the full pipeline vs a bare forward/backward loop, same model and batch.
+
+    full  = segment store (memmap) -> pair sampler -> batched augmentation -> step  (prefetch thread)
+    bare  = the same optimisation step on tensors already in memory
+
+Prints a table and writes JSON (default benchmarks/results/train_throughput.json). The ratio
+full / bare is measured in one run, so machine noise mostly cancels. Goal: >= 0.8.
+
+    python -m benchmarks.train_throughput --preset tiny --batch-size 64 --steps 20
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import platform
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from training.augment import AUGMENT_PRESETS
+from training.config import PRESETS, TrainConfig
+from training.loss import ContrastiveLoss
+from training.prepare import main as prepare_main
+from training.sampler import PairSampler
+from training.store import SegmentStore
+from training.train import Dist, PairLoader, build_model, optimisation_step
+
+
+def _setup(cfg: TrainConfig, device: torch.device) -> tuple[Any, ...]:
+    torch.manual_seed(0)
+    model = build_model(cfg).to(device).train()
+    teacher = copy.deepcopy(model).requires_grad_(False) if cfg.use_momentum else None
+    opt = torch.optim.Adam(model.parameters(), lr=cfg.lr)
+    return model, teacher, opt, ContrastiveLoss(cfg.temperature, cfg.koleo_weight)
+
+
+def _autocast(cfg: TrainConfig, device: torch.device) -> Any:
+    if cfg.bf16 and device.type == "cuda":
+        return lambda: torch.autocast("cuda", dtype=torch.bfloat16)
+    return None
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def bench_full(cfg: TrainConfig, store: SegmentStore, device: torch.device, warmup: int, steps: int) -> float:
+    model, teacher, opt, loss_fn = _setup(cfg, device)
+    rows = store.indices(cfg.modality)
+    sampler = PairSampler(rows, store.manifest["participant_id"].to_numpy()[rows], cfg.positives, 0)
+    loader = PairLoader(store, sampler, AUGMENT_PRESETS[cfg.augment], cfg.batch_size, Dist(), 0, device)
+    ac = _autocast(cfg, device)
+    t0 = 0.0
+    for step, batch in loader.iterate(0, warmup + steps):
+        if step == warmup:
+            _sync(device)
+            t0 = time.perf_counter()
+        if ac:
+            optimisation_step(model, model, teacher, loss_fn, opt, batch, Dist(), cfg.momentum, ac)
+        else:
+            optimisation_step(model, model, teacher, loss_fn, opt, batch, Dist(), cfg.momentum)
+    _sync(device)
+    loader.close()
+    return steps * 2 * cfg.batch_size / (time.perf_counter() - t0)
+
+
+def bench_bare(cfg: TrainConfig, channels: int, device: torch.device, warmup: int, steps: int) -> float:
+    model, teacher, opt, loss_fn = _setup(cfg, device)
+    gen = torch.Generator().manual_seed(0)
+    batch = (
+        torch.randn(cfg.batch_size, channels, 3840, generator=gen).to(device),
+        torch.randn(cfg.batch_size, channels, 3840, generator=gen).to(device),
+        torch.arange(cfg.batch_size).to(device),
+    )
+    ac = _autocast(cfg, device)
+    t0 = 0.0
+    for step in range(warmup + steps):
+        if step == warmup:
+            _sync(device)
+            t0 = time.perf_counter()
+        if ac:
+            optimisation_step(model, model, teacher, loss_fn, opt, batch, Dist(), cfg.momentum, ac)
+        else:
+            optimisation_step(model, model, teacher, loss_fn, opt, batch, Dist(), cfg.momentum)
+    _sync(device)
+    return steps * 2 * cfg.batch_size / (time.perf_counter() - t0)
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--preset", default="tiny", choices=sorted(PRESETS))
+    p.add_argument("--store", help="segment store (default: a fresh SYNTHETIC 16-participant store)")
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--steps", type=int, default=20)
+    p.add_argument("--warmup", type=int, default=3)
+    p.add_argument(
+        "--repeats", type=int, default=2, help="alternating full/bare runs; the median is reported"
+    )
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--json", default="benchmarks/results/train_throughput.json")
+    args = p.parse_args(argv)
+    cfg = PRESETS[args.preset].replace(batch_size=args.batch_size)
+    device = torch.device(args.device)
+    store_path = args.store
+    if store_path is None:
+        store_path = str(Path(tempfile.mkdtemp(prefix="pulsefm-bench-")) / "store")
+        prepare_main(
+            [
+                "--synthetic",
+                "16",
+                "--recordings",
+                "2",
+                "--ppg-seconds",
+                "300",
+                "--ecg-seconds",
+                "150",
+                "--out",
+                store_path,
+            ]
+        )
+    store = SegmentStore(store_path)
+    channels = cfg.encoder.in_channels
+    full: list[float] = []
+    bare: list[float] = []
+    for _ in range(args.repeats):  # alternate so that drifts (thermal, other load) hit both sides alike
+        full.append(bench_full(cfg, store, device, args.warmup, args.steps))
+        bare.append(bench_bare(cfg, channels, device, args.warmup, args.steps))
+    f, b = float(np.median(full)), float(np.median(bare))
+    result = {
+        "benchmark": "train_throughput",
+        "preset": args.preset,
+        "batch_size": args.batch_size,
+        "steps": args.steps,
+        "repeats": args.repeats,
+        "device": str(device) if device.type == "cpu" else torch.cuda.get_device_name(device),
+        "machine": f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} torch threads",
+        "torch": torch.__version__,
+        "data": "SYNTHETIC store" if args.store is None else store_path,
+        "full_pipeline_segments_per_s": f,
+        "bare_loop_segments_per_s": b,
+        "ratio_full_over_bare": f / b,
+        "goal_ratio": 0.8,
+    }
+    print(f"\ntrain throughput ({args.preset}, batch {args.batch_size} pairs, {result['device']})")
+    print(f"{'pipeline':<34}{'segments/s':>12}")
+    print(f"{'full (store->sample->augment->step)':<34}{f:>12.1f}")
+    print(f"{'bare (in-memory tensors)':<34}{b:>12.1f}")
+    print(f"{'ratio full / bare':<34}{f / b:>12.3f}   (goal >= 0.8)")
+    Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.json).write_text(json.dumps(result, indent=2))
+    print(f"wrote {args.json}")
+    return result
+
+
+if __name__ == "__main__":
+    main()

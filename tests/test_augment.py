@@ -1,0 +1,89 @@
+from __future__ import annotations
+
+import pytest
+import torch
+
+from training.augment import (
+    ECG_AUGMENT,
+    PPG_AUGMENT,
+    ChannelPermute,
+    CutOut,
+    GaussianNoise,
+    MagnitudeWarp,
+    TimeWarp,
+    spline_basis,
+)
+
+X = torch.randn(64, 4, 3840, generator=torch.Generator().manual_seed(0))
+
+
+def g(seed: int = 0) -> torch.Generator:
+    return torch.Generator().manual_seed(seed)
+
+
+@pytest.mark.parametrize(
+    "aug", [CutOut(1.0), MagnitudeWarp(1.0), TimeWarp(1.0), GaussianNoise(1.0), ChannelPermute(1.0)]
+)
+def test_seeded_shape_preserving_and_probability(aug) -> None:
+    y1, y2 = aug(X, g(1)), aug(X, g(1))
+    assert y1.shape == X.shape and y1.dtype == X.dtype
+    torch.testing.assert_close(y1, y2)  # same generator state -> same result
+    assert not torch.equal(y1, aug(X, g(2)))
+    off = type(aug)(**{**aug.__dict__, "p": 0.0})
+    torch.testing.assert_close(off(X, g(1)), X)
+
+
+def test_probability_is_per_sample() -> None:
+    y = GaussianNoise(0.5)(X, g(3))
+    changed = (y != X).flatten(1).any(1).float().mean().item()
+    assert 0.3 < changed < 0.7
+
+
+def test_cutout_zeroes_a_contiguous_span_of_30_to_50_percent() -> None:
+    y = CutOut(1.0)(X, g(4))
+    zero = (y == 0).all(dim=1)  # (B, T)
+    frac = zero.float().mean(1)
+    assert ((frac >= 0.29) & (frac <= 0.51)).all()
+    # contiguous: exactly one rising edge per sample
+    edges = (zero[:, 1:].int() - zero[:, :-1].int() == 1).sum(1) + zero[:, 0].int()
+    assert (edges == 1).all()
+
+
+def test_magnitude_warp_is_a_smooth_multiplier() -> None:
+    ones = torch.ones(8, 1, 1000)
+    curve = MagnitudeWarp(1.0, sigma=0.2)(ones, g(5))[:, 0]
+    assert (curve - 1).abs().mean() < 0.5
+    assert curve.diff(dim=1).abs().max() < 0.01  # smooth: no jumps between samples
+
+
+def test_time_warp_keeps_end_points_and_is_identity_at_zero_sigma() -> None:
+    ramp = torch.linspace(0, 1, 3840).expand(4, 2, 3840).contiguous()
+    y = TimeWarp(1.0, sigma=0.1)(ramp, g(6))
+    torch.testing.assert_close(y[..., 0], ramp[..., 0])
+    torch.testing.assert_close(y[..., -1], ramp[..., -1], atol=1e-4, rtol=0)
+    assert (y.diff(dim=-1) >= -1e-6).all()  # monotone warp of a ramp stays monotone
+    torch.testing.assert_close(TimeWarp(1.0, sigma=0.0)(ramp, g(6)), ramp, atol=1e-5, rtol=0)
+
+
+def test_channel_permute_permutes_channels() -> None:
+    y = ChannelPermute(1.0)(X, g(7))
+    assert torch.equal(y.sort(dim=1).values, X.sort(dim=1).values)
+
+
+def test_spline_basis_interpolates_knots() -> None:
+    b = spline_basis(5, 601)  # knots at 0, 100, ..., 600
+    assert b.shape == (7, 601)
+    torch.testing.assert_close(b[:, ::100], torch.eye(7), atol=1e-5, rtol=0)
+
+
+def test_presets_match_recipe() -> None:
+    probs = {type(a).__name__: a.p for a in PPG_AUGMENT.augmentations}
+    assert probs == {
+        "CutOut": 0.4,
+        "MagnitudeWarp": 0.25,
+        "TimeWarp": 0.15,
+        "GaussianNoise": 0.25,
+        "ChannelPermute": 0.25,
+    }
+    assert "ChannelPermute" not in {type(a).__name__ for a in ECG_AUGMENT.augmentations}
+    assert ECG_AUGMENT(torch.randn(4, 1, 3840), g()).shape == (4, 1, 3840)
