@@ -1,7 +1,9 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 
+from pulsefm.datasets import fetch
 from pulsefm.pipeline import process_record
 from pulsefm.preprocess import spec_for
 from training.synthetic import CohortConfig, NoiseBank, sample_participant, simulate_participant
@@ -45,3 +47,18 @@ def test_noise_bank_adds_unit_variance_real_noise() -> None:
     bank = NoiseBank({"bw": np.cumsum(rng.normal(size=20000)), "em": rng.normal(size=20000)}, fs=360.0)
     x = bank.sample(rng, 1000, 64.0, "bw")
     assert x.shape == (1000,) and abs(x.std() - 1) < 1e-6
+
+
+@pytest.mark.real_data
+def test_real_nstdb_noise_bank_keeps_most_segments_usable() -> None:
+    bank = NoiseBank.from_hdf5(fetch("nstdb_noise"))
+    assert set(bank.noises) == {"bw", "em", "ma"}
+    ok = []
+    for i in range(3):
+        clean = simulate_participant(CFG, i)[1]
+        noisy = simulate_participant(CFG, i, bank)[1]
+        for a, b in zip(clean, noisy, strict=True):
+            assert not np.allclose(a.signal, b.signal)  # noise was added
+            assert b.modality is not None
+            ok.extend(process_record(b, spec_for(b.modality)).ok.tolist())
+    assert np.mean(ok) >= 0.8

@@ -23,6 +23,7 @@ def test_tiny_training_loss_falls(small_store: Path, tmp_path: Path) -> None:
     for key in ("alignment", "uniformity", "effective_rank", "info_nce", "koleo", "lr"):
         assert key in m[-1]
     assert any("val_loss" in r for r in read_metrics(tmp_path / "run"))
+    assert (tmp_path / "run" / "curves.png").stat().st_size > 10_000
     art = torch.load(tmp_path / "run" / "encoder.pt", weights_only=False)
     assert art["modality"] == "ppg" and art["preprocess"]["version"].startswith("ppg-r1-")
     enc_keys = set(art["state_dict"])

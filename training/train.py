@@ -405,6 +405,14 @@ def train(
         if metrics_file is not None:
             metrics_file.close()
     if d.main and start < cfg.steps:
+        from training.plots import plot_training_curves
+
+        source = store.info.get("settings", {}).get("source")
+        plot_training_curves(
+            read_metrics(out),
+            out / "curves.png",
+            f"{cfg.preset} ({cfg.modality}) on {'SYNTHETIC data' if source == 'synthetic' else source}",
+        )
         print(
             f"done: step {cfg.steps}, loss {last.get('loss', float('nan')):.4f}, "
             f"val_loss {last.get('val_loss', float('nan')):.4f}, "
