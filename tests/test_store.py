@@ -42,6 +42,7 @@ def test_synthetic_store_layout_and_loading(tmp_path: Path) -> None:
     assert store.load(store.indices("ecg")[:2]).shape == (2, 1, 3840)
     assert store.info["settings"]["specs"]["ppg"]["version"].startswith("ppg-r1-")
     assert isinstance(np.load(next((tmp_path / "s" / "shards").glob("*.npy")), mmap_mode="r"), np.memmap)
+    assert (tmp_path / "s" / "preview.png").stat().st_size > 10_000
 
 
 def test_deterministic_and_resumable(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -50,3 +50,55 @@ def plot_training_curves(metrics: list[dict[str, Any]], path: str | Path, title:
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return path
+
+
+def plot_store_preview(store: Any, path: str | Path) -> Path:
+    """One look at a segment store: example segments per modality, heart-rate histograms, rejects."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    from pulsefm.preprocess import spec_for
+
+    m = store.manifest
+    mods = sorted(m["modality"].unique())
+    synthetic = store.info.get("settings", {}).get("source") == "synthetic"
+    fig, axes = plt.subplots(
+        len(mods), 2, figsize=(13, 3.2 * len(mods)), squeeze=False, gridspec_kw={"width_ratios": [3, 1]}
+    )
+    for row, mod in enumerate(mods):
+        spec = spec_for(mod)
+        idx = store.indices(mod)
+        first = int(idx[0])
+        seg = store[first]  # (C, W), z-scored
+        show = int(10 * spec.fs)  # first 10 s
+        t = np.arange(show) / spec.fs
+        ax = axes[row][0]
+        for c in range(seg.shape[0]):
+            ax.plot(t, seg[c, :show] + 4 * c, lw=0.8)
+        info = m.iloc[first]
+        labels = ", ".join(
+            f"{k}={info[k]:.4g}" if isinstance(info[k], float) else f"{k}={info[k]}"
+            for k in ("age", "sex", "bmi", "condition")
+            if k in m.columns
+        )
+        ax.set_title(
+            f"{mod.upper()} {info['recording_id']} segment {info['segment']} (first 10 s, z-scored, "
+            f"channels offset) {labels}",
+            fontsize=9,
+        )
+        ax.set_xlabel("s")
+        ax.set_yticks([])
+        ax = axes[row][1]
+        ax.hist(m.loc[idx, "heart_rate_bpm"].dropna(), bins=30)
+        ax.set_title(f"{mod.upper()} segment heart rate (bpm), n={len(idx)}", fontsize=9)
+    kind = "SYNTHETIC cohort" if synthetic else str(store.info.get("settings", {}).get("source"))
+    rej = store.info.get("counts", {}).get("rejected", {})
+    fig.suptitle(f"segment store {Path(store.root).name}: {kind}; rejected segments {rej or 'none'}")
+    fig.tight_layout()
+    path = Path(path)
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path

@@ -187,6 +187,12 @@ def prepare(args: argparse.Namespace) -> SegmentStore:
     results = _run_chunks(todo, args.workers, desc=f"prepare -> {out.name}")
     errors = [e for r in results for e in r.errors]
     store = finalize(out, participants, {**info, "errors": errors})
+    try:
+        from training.plots import plot_store_preview
+
+        plot_store_preview(store, out / "preview.png")
+    except ImportError:  # matplotlib is in the [train] extra
+        pass
     dt = time.perf_counter() - t0
     counts = store.info["counts"]
     print(
