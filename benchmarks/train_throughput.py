@@ -13,10 +13,13 @@ from __future__ import annotations
 
 import argparse
 import copy
+import itertools
 import json
 import platform
 import tempfile
 import time
+from collections.abc import Callable, Iterable
+from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
 
@@ -32,18 +35,10 @@ from training.store import SegmentStore
 from training.train import Dist, PairLoader, build_model, optimisation_step
 
 
-def _setup(cfg: TrainConfig, device: torch.device) -> tuple[Any, ...]:
-    torch.manual_seed(0)
-    model = build_model(cfg).to(device).train()
-    teacher = copy.deepcopy(model).requires_grad_(False) if cfg.use_momentum else None
-    opt = torch.optim.Adam(model.parameters(), lr=cfg.lr)
-    return model, teacher, opt, ContrastiveLoss(cfg.temperature, cfg.koleo_weight)
-
-
-def _autocast(cfg: TrainConfig, device: torch.device) -> Any:
+def _autocast(cfg: TrainConfig, device: torch.device) -> Callable[[], Any]:
     if cfg.bf16 and device.type == "cuda":
         return lambda: torch.autocast("cuda", dtype=torch.bfloat16)
-    return None
+    return nullcontext
 
 
 def _sync(device: torch.device) -> None:
@@ -51,46 +46,48 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize()
 
 
+Batch = tuple[torch.Tensor, torch.Tensor, torch.Tensor]
+
+
+def _segments_per_s(cfg: TrainConfig, device: torch.device, batches: Iterable[Batch], warmup: int) -> float:
+    """Optimisation steps over `batches` (a fresh model each time); the first `warmup` are not timed."""
+    torch.manual_seed(0)
+    model = build_model(cfg).to(device).train()
+    teacher = copy.deepcopy(model).requires_grad_(False) if cfg.use_momentum else None
+    opt = torch.optim.Adam(model.parameters(), lr=cfg.lr)
+    loss_fn = ContrastiveLoss(cfg.temperature, cfg.koleo_weight)
+    ac = _autocast(cfg, device)
+    t0, timed = 0.0, 0
+    for i, batch in enumerate(batches):
+        if i == warmup:
+            _sync(device)
+            t0 = time.perf_counter()
+        optimisation_step(model, model, teacher, loss_fn, opt, batch, Dist(), cfg.momentum, ac)
+        timed += i >= warmup
+    _sync(device)
+    return timed * 2 * cfg.batch_size / (time.perf_counter() - t0)
+
+
 def bench_full(cfg: TrainConfig, store: SegmentStore, device: torch.device, warmup: int, steps: int) -> float:
-    model, teacher, opt, loss_fn = _setup(cfg, device)
+    """store (memmap) -> sampler -> augment -> step, with PairLoader's prefetch thread."""
     rows = store.indices(cfg.modality)
     sampler = PairSampler(rows, store.manifest["participant_id"].to_numpy()[rows], cfg.positives, 0)
     loader = PairLoader(store, sampler, AUGMENT_PRESETS[cfg.augment], cfg.batch_size, Dist(), 0, device)
-    ac = _autocast(cfg, device)
-    t0 = 0.0
-    for step, batch in loader.iterate(0, warmup + steps):
-        if step == warmup:
-            _sync(device)
-            t0 = time.perf_counter()
-        if ac:
-            optimisation_step(model, model, teacher, loss_fn, opt, batch, Dist(), cfg.momentum, ac)
-        else:
-            optimisation_step(model, model, teacher, loss_fn, opt, batch, Dist(), cfg.momentum)
-    _sync(device)
-    loader.close()
-    return steps * 2 * cfg.batch_size / (time.perf_counter() - t0)
+    try:
+        return _segments_per_s(cfg, device, (b for _, b in loader.iterate(0, warmup + steps)), warmup)
+    finally:
+        loader.close()
 
 
 def bench_bare(cfg: TrainConfig, channels: int, device: torch.device, warmup: int, steps: int) -> float:
-    model, teacher, opt, loss_fn = _setup(cfg, device)
+    """The same step on one batch of tensors already on the device."""
     gen = torch.Generator().manual_seed(0)
     batch = (
         torch.randn(cfg.batch_size, channels, 3840, generator=gen).to(device),
         torch.randn(cfg.batch_size, channels, 3840, generator=gen).to(device),
         torch.arange(cfg.batch_size).to(device),
     )
-    ac = _autocast(cfg, device)
-    t0 = 0.0
-    for step in range(warmup + steps):
-        if step == warmup:
-            _sync(device)
-            t0 = time.perf_counter()
-        if ac:
-            optimisation_step(model, model, teacher, loss_fn, opt, batch, Dist(), cfg.momentum, ac)
-        else:
-            optimisation_step(model, model, teacher, loss_fn, opt, batch, Dist(), cfg.momentum)
-    _sync(device)
-    return steps * 2 * cfg.batch_size / (time.perf_counter() - t0)
+    return _segments_per_s(cfg, device, itertools.repeat(batch, warmup + steps), warmup)
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
