@@ -46,23 +46,22 @@ class Quality:
         return not self.reasons
 
 
-def _longest_run(mask: np.ndarray) -> int:
-    """Length of the longest run of True in a 1-D boolean array."""
-    if not mask.any():
-        return 0
+def _run_lengths(mask: np.ndarray) -> np.ndarray:
+    """Lengths of the runs of True in a 1-D boolean array."""
     padded = np.concatenate([[False], mask, [False]]).astype(np.int8)
     edges = np.flatnonzero(np.diff(padded))
-    return int((edges[1::2] - edges[::2]).max())
+    return edges[1::2] - edges[::2]
+
+
+def _longest_run(mask: np.ndarray) -> int:
+    runs = _run_lengths(mask)
+    return int(runs.max()) if runs.size else 0
 
 
 def _plateau_fraction(at_extreme: np.ndarray, min_len: int) -> float:
     """Fraction of samples inside runs of >= min_len consecutive True."""
-    if not at_extreme.any():
-        return 0.0
-    padded = np.concatenate([[False], at_extreme, [False]]).astype(np.int8)
-    edges = np.flatnonzero(np.diff(padded))
-    lengths = edges[1::2] - edges[::2]
-    return float(lengths[lengths >= min_len].sum() / at_extreme.size)
+    runs = _run_lengths(at_extreme)
+    return float(runs[runs >= min_len].sum() / at_extreme.size)
 
 
 def raw_checks(x: np.ndarray, fs: float) -> list[str]:
