@@ -225,7 +225,7 @@ def encoder_artifact(
         "step": step,
         "train_config": cfg.to_dict(),
         "store": {
-            "settings": store_info.get("settings", {}).get("source"),
+            "source": store_info.get("settings", {}).get("source"),
             "counts": store_info.get("counts"),
         },
     }
