@@ -13,7 +13,7 @@ STORE/
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -39,17 +39,23 @@ MANIFEST_COLUMNS = [
 FORMAT = 1
 
 
-def _atomic_save_npy(path: Path, arr: np.ndarray) -> None:
+def atomic_write(path: Path, write: Callable[[Path], object]) -> None:
+    """`write(tmp)` then rename onto `path`: a reader sees the old file or the whole new one."""
     tmp = path.with_name(path.name + ".tmp")
-    with tmp.open("wb") as fh:
-        np.save(fh, arr)
+    write(tmp)
     tmp.replace(path)
+
+
+def _atomic_save_npy(path: Path, arr: np.ndarray) -> None:
+    def write(tmp: Path) -> None:
+        with tmp.open("wb") as fh:  # a file object: np.save would append ".npy" to a path
+            np.save(fh, arr)
+
+    atomic_write(path, write)
 
 
 def _atomic_parquet(path: Path, df: pd.DataFrame) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    df.to_parquet(tmp, index=False)
-    tmp.replace(path)
+    atomic_write(path, lambda tmp: df.to_parquet(tmp, index=False))
 
 
 @dataclass(frozen=True)
@@ -140,9 +146,10 @@ def finalize(root: Path, participants: pd.DataFrame | None, info: dict[str, Any]
 
 
 def write_info(root: Path, info: dict[str, Any]) -> None:
-    tmp = root / "store.json.tmp"
-    tmp.write_text(json.dumps(info, indent=2, sort_keys=True, default=str))
-    tmp.replace(root / "store.json")
+    atomic_write(
+        root / "store.json",
+        lambda tmp: tmp.write_text(json.dumps(info, indent=2, sort_keys=True, default=str)),
+    )
 
 
 class SegmentStore:

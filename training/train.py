@@ -37,7 +37,7 @@ from training.config import PRESETS, TrainConfig, apply_overrides
 from training.loss import ContrastiveLoss
 from training.model import ContrastiveModel, EfficientNet1d, ProjectionHead, count_parameters
 from training.sampler import PairBatch, PairSampler
-from training.store import SegmentStore, split_participants
+from training.store import SegmentStore, atomic_write, split_participants
 
 
 # ------------------------------------------------------------------------------------ building
@@ -207,9 +207,7 @@ def hash_seed(*parts: int) -> int:
 
 # ------------------------------------------------------------------------------------- checkpoint
 def save_atomic(obj: Any, path: Path) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save(obj, tmp)
-    tmp.replace(path)
+    atomic_write(path, lambda tmp: torch.save(obj, tmp))
 
 
 def encoder_artifact(
