@@ -18,8 +18,7 @@ import json
 import platform
 import tempfile
 import time
-from collections.abc import Callable, Iterable
-from contextlib import nullcontext
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -32,13 +31,7 @@ from training.loss import ContrastiveLoss
 from training.prepare import main as prepare_main
 from training.sampler import PairSampler
 from training.store import SegmentStore
-from training.train import Dist, PairLoader, build_model, optimisation_step
-
-
-def _autocast(cfg: TrainConfig, device: torch.device) -> Callable[[], Any]:
-    if cfg.bf16 and device.type == "cuda":
-        return lambda: torch.autocast("cuda", dtype=torch.bfloat16)
-    return nullcontext
+from training.train import Dist, PairLoader, autocast_for, build_model, optimisation_step
 
 
 def _sync(device: torch.device) -> None:
@@ -56,7 +49,7 @@ def _segments_per_s(cfg: TrainConfig, device: torch.device, batches: Iterable[Ba
     teacher = copy.deepcopy(model).requires_grad_(False) if cfg.use_momentum else None
     opt = torch.optim.Adam(model.parameters(), lr=cfg.lr)
     loss_fn = ContrastiveLoss(cfg.temperature, cfg.koleo_weight)
-    ac = _autocast(cfg, device)
+    ac = autocast_for(cfg, device)
     t0, timed = 0.0, 0
     for i, batch in enumerate(batches):
         if i == warmup:

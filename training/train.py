@@ -138,6 +138,13 @@ def ema_update(teacher: nn.Module, student: nn.Module, momentum: float) -> None:
         bt.copy_(bs)
 
 
+def autocast_for(cfg: TrainConfig, device: torch.device) -> Callable[[], Any]:
+    """bf16 autocast on CUDA when the config asks for it; otherwise a no-op context."""
+    if cfg.bf16 and device.type == "cuda":
+        return lambda: torch.autocast("cuda", dtype=torch.bfloat16)
+    return nullcontext
+
+
 def optimisation_step(
     net: nn.Module,
     model: nn.Module,
@@ -178,12 +185,10 @@ class PairLoader:
         self.batch_size, self.d, self.seed, self.device = batch_size, d, seed, device
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="prefetch")
 
-    def make(self, step: int, augment: bool = True) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def make(self, step: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         batch: PairBatch = self.sampler.batch(step, self.batch_size).slice(self.d.rank, self.d.world)
         x = torch.from_numpy(self.store.load(np.concatenate([batch.rows_a, batch.rows_b])))
-        if augment:
-            g = torch.Generator().manual_seed(hash_seed(self.seed, step, self.d.rank))
-            x = self.augment(x, g)
+        x = self.augment(x, torch.Generator().manual_seed(hash_seed(self.seed, step, self.d.rank)))
         v1, v2 = x.chunk(2)
         return v1.contiguous(), v2.contiguous(), torch.from_numpy(batch.groups.astype(np.int64))
 
@@ -292,11 +297,7 @@ def train(
     net: nn.Module = nn.parallel.DistributedDataParallel(model) if d.active else model
     loss_fn = ContrastiveLoss(cfg.temperature, cfg.koleo_weight)
     loader = PairLoader(store, train_sampler, AUGMENT_PRESETS[cfg.augment], cfg.batch_size, d, cfg.seed, dev)
-    autocast: Callable[[], Any] = (
-        (lambda: torch.autocast("cuda", dtype=torch.bfloat16))
-        if (cfg.bf16 and dev.type == "cuda")
-        else nullcontext
-    )
+    autocast = autocast_for(cfg, dev)
 
     if d.main:
         out.mkdir(parents=True, exist_ok=True)
