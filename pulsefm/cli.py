@@ -11,6 +11,13 @@ from collections.abc import Sequence
 COMMANDS: dict[str, tuple[str, str]] = {
     "prepare": ("training.prepare", "recordings or a synthetic cohort -> segment store"),
     "train": ("training.train", "contrastive pretraining (single process or torchrun/DDP)"),
+    "embed": ("training.embed", "frozen encoder -> Parquet of embeddings (store or recordings)"),
+    "probe": ("training.probe", "linear probes on embeddings, participant-level splits, CIs"),
+    "evaluate": ("training.evaluate", "probes + baselines + real-recording checks -> HTML report"),
+    "ablate": ("training.ablate", "pretraining ablations (positives, KoLeo, momentum) -> table"),
+    "export": ("training.export", "encoder + probe heads -> ONNX, Triton config, model cards"),
+    "publish": ("training.publish", "validate + add a new version to the model repository, atomically"),
+    "serve": ("service.serve", "the HTTP gateway (/v1/embed, /v1/predict; onnxruntime or Triton)"),
 }
 
 

@@ -49,9 +49,7 @@ class TrainConfig:
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> TrainConfig:
         d = dict(d)
-        enc = dict(d.pop("encoder"))
-        enc["stages"] = tuple(tuple(s) for s in enc["stages"])
-        return cls(encoder=EncoderConfig(**enc), **d)
+        return cls(encoder=EncoderConfig.from_dict(d.pop("encoder")), **d)
 
     def replace(self, **changes: Any) -> TrainConfig:
         enc_changes = {k[len("encoder.") :]: v for k, v in changes.items() if k.startswith("encoder.")}

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass, field
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -44,6 +45,12 @@ class EncoderConfig:
 
     def to_dict(self) -> dict[str, object]:
         return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> EncoderConfig:
+        d = dict(d)
+        d["stages"] = tuple(tuple(s) for s in d["stages"])
+        return cls(**d)
 
 
 def _round(c: float, divisor: int = 8) -> int:

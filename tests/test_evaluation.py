@@ -1,0 +1,192 @@
+"""Embedding, probes, baselines and the report (issue 4). Data here is SYNTHETIC."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from training.config import PRESETS
+from training.embed import aggregate, embedding_matrix, load_encoder, with_embeddings
+from training.evaluate import effective_rank, retrieval_top1
+from training.probe import (
+    TARGETS,
+    bootstrap,
+    design,
+    fit,
+    fold_linear,
+    held_out_participants,
+    predict,
+    run_probes,
+)
+from training.train import build_model, encoder_artifact
+
+
+def _table(n_participants: int = 60, per: int = 4, seed: int = 0) -> tuple[pd.DataFrame, np.ndarray]:
+    """Segments whose features carry age/sex linearly plus noise; heart rate per segment."""
+    rng = np.random.default_rng(seed)
+    rows, feats = [], []
+    for p in range(n_participants):
+        age, sex = rng.uniform(20, 80), int(rng.random() < 0.5)
+        for s in range(per):
+            hr = rng.uniform(50, 100)
+            x = rng.normal(size=16)
+            x[0] += (age - 50) / 10
+            x[1] += 2.0 * sex
+            x[2] += (hr - 75) / 10
+            rows.append(
+                {"participant_id": f"p{p:03d}", "segment": s, "age": age, "sex": sex, "heart_rate_bpm": hr}
+            )
+            feats.append(x)
+    return pd.DataFrame(rows), np.asarray(feats, dtype=np.float32)
+
+
+def test_probes_learn_linear_signal_on_disjoint_participants() -> None:
+    table, x = _table()
+    results = {
+        r.target: r for r in run_probes(table, x, ["age", "sex", "heart_rate"], 0.3, seed=1, n_boot=200)
+    }
+    assert results["age"].metrics["r2"] > 0.7
+    assert results["sex"].metrics["auc"] > 0.9
+    assert results["heart_rate"].metrics["r2"] > 0.5
+    for r in results.values():
+        name = "mae" if r.kind == "regression" else "auc"
+        lo, hi = r.ci95[name]
+        assert lo <= r.metrics[name] <= hi
+    # participant-level: one row per participant; segment-level: one per segment
+    assert results["age"].n_train + results["age"].n_test == 60
+    assert results["heart_rate"].n_train + results["heart_rate"].n_test == 240
+
+
+def test_split_never_shares_a_participant_and_cv_groups_hold() -> None:
+    table, x = _table()
+    test_ids = held_out_participants(table["participant_id"].to_numpy(), 0.3, seed=0)
+    data = design(table, x, TARGETS["heart_rate"])
+    is_test = np.isin(data.groups, list(test_ids))
+    assert not set(data.groups[is_test]) & set(data.groups[~is_test])
+    assert 0.25 < len(test_ids) / 60 < 0.35
+    # same seed, same split: baselines are compared on identical participants
+    assert test_ids == held_out_participants(table["participant_id"].to_numpy(), 0.3, seed=0)
+
+
+def test_folded_head_reproduces_the_pipeline() -> None:
+    table, x = _table()
+    for name in ("age", "sex"):
+        t = TARGETS[name]
+        data = design(table, x, t)
+        pipe, strength = fit(data, t.kind)
+        assert strength > 0
+        w, b = fold_linear(pipe, t.kind)
+        z = data.x.astype(np.float64) @ w + b
+        if t.kind == "classification":
+            z = 1 / (1 + np.exp(-z))
+        np.testing.assert_allclose(z, predict(pipe, data.x, t.kind), rtol=1e-5, atol=1e-6)
+
+
+def test_bootstrap_resamples_whole_participants() -> None:
+    y = np.array([0.0, 0.0, 10.0, 10.0])
+    pred = np.array([0.0, 0.0, 0.0, 0.0])
+    groups = np.array(["a", "a", "b", "b"])
+    ci = bootstrap(y, pred, groups, "regression", n=300, seed=0)
+    lo, hi = ci["mae"]
+    assert lo == 0.0 and hi == 10.0  # only 0, 5 or 10 are possible when participants move as units
+
+
+def test_aggregate_is_the_participant_mean() -> None:
+    table, x = _table(n_participants=3, per=2)
+    agg = aggregate(with_embeddings(table, x))
+    assert list(agg["n_segments"]) == [2, 2, 2]
+    np.testing.assert_allclose(embedding_matrix(agg)[1], x[2:4].mean(0), rtol=1e-6)
+
+
+def test_retrieval_ignores_overlapping_neighbours() -> None:
+    rec = np.array(["a", "a", "a", "b", "b", "b"])
+    start = np.array([0.0, 30.0, 60.0, 0.0, 30.0, 60.0])  # 60 s segments at 50% overlap
+    emb = np.array([[1, 0], [1, 0.01], [1, 0.02], [0, 1], [0.01, 1], [0.02, 1]], dtype=np.float32)
+    r = retrieval_top1(emb, rec, start, duration_s=60.0)
+    # only 0 <-> 60 s are admissible same-recording pairs; both still find them
+    assert r["queries"] == 4 and r["top1"] == 1.0
+    assert 0 < r["chance"] < 1
+    shuffled = retrieval_top1(emb[[0, 3, 1, 4, 2, 5]], rec, start, 60.0)
+    assert shuffled["top1"] < 1.0
+
+
+def test_effective_rank_counts_dimensions() -> None:
+    rng = np.random.default_rng(0)
+    assert effective_rank(rng.normal(size=(500, 8))) > 7.5
+    assert effective_rank(np.outer(rng.normal(size=500), np.ones(8))) < 1.1
+
+
+@pytest.fixture(scope="module")
+def tiny_encoder_pt(tmp_path_factory) -> str:
+    cfg = PRESETS["tiny"]
+    torch.manual_seed(0)
+    model = build_model(cfg)
+    path = tmp_path_factory.mktemp("enc") / "encoder.pt"
+    torch.save(encoder_artifact(cfg, model, 0, {"settings": {"source": "synthetic"}}), path)
+    return str(path)
+
+
+def test_random_init_baseline_is_calibrated(small_store, tiny_encoder_pt) -> None:
+    from training.embed import embed_store
+
+    raw = embed_store(small_store, load_encoder(tiny_encoder_pt), 16)
+    base = embed_store(small_store, load_encoder(tiny_encoder_pt, random_init_seed=0), 16)
+    assert len(raw) == len(base) and embedding_matrix(raw).shape[1] == 256
+    # without BatchNorm calibration a random network's embedding vanishes; with it, it does not
+    assert float(np.abs(embedding_matrix(base)).mean()) > 1e-3
+    assert set(["participant_id", "age", "sex", "heart_rate_bpm"]) <= set(base.columns)
+
+
+def test_embed_and_probe_cli(small_store, tiny_encoder_pt, tmp_path) -> None:
+    from training.embed import main as embed_main
+    from training.probe import main as probe_main
+
+    out = tmp_path / "emb.parquet"
+    assert embed_main(["--model", tiny_encoder_pt, "--store", str(small_store), "--out", str(out)]) == 0
+    df = pd.read_parquet(out)
+    meta = json.loads(out.with_suffix(".json").read_text())
+    assert meta["modality"] == "ppg" and len(df) > 0
+    assert probe_main(["--embeddings", str(out), "--out", str(tmp_path / "p"), "--bootstrap", "50"]) == 0
+    doc = json.loads((tmp_path / "p" / "probes.json").read_text())
+    assert doc["encoder_version"] == meta["encoder_version"]
+    for head in doc["probes"]:
+        assert len(head["weights"]) == 256 and head["units"]
+    agg = tmp_path / "agg.parquet"
+    argv = [
+        "--model",
+        tiny_encoder_pt,
+        "--store",
+        str(small_store),
+        "--out",
+        str(agg),
+        "--aggregate",
+        "participant",
+    ]
+    assert embed_main(argv) == 0
+    assert pd.read_parquet(agg)["participant_id"].is_unique
+
+
+def test_embed_recordings_folder_lists_rejects(tmp_path, tiny_encoder_pt) -> None:
+    from training.embed import main as embed_main
+    from training.synthetic import CohortConfig, simulate_participant
+
+    folder = tmp_path / "recs"
+    folder.mkdir()
+    _, recs = simulate_participant(CohortConfig(recordings=1, modalities=("ppg",), ppg_duration_s=130), 0)
+    np.save(folder / "good.npy", recs[0].signal)
+    flat = np.zeros_like(recs[0].signal)
+    np.save(folder / "flat.npy", flat)
+    out = tmp_path / "e.parquet"
+    assert (
+        embed_main(["--model", tiny_encoder_pt, "--recordings", str(folder), "--fs", "64", "--out", str(out)])
+        == 0
+    )
+    assert len(pd.read_parquet(out)) == 2
+    rejects = pd.read_csv(out.with_suffix(".rejects.csv"))
+    assert (rejects["recording_id"].str.endswith("flat.npy")).all() and "flat_line" in rejects[
+        "reasons"
+    ].iloc[0]

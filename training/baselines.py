@@ -1,0 +1,74 @@
+"""Feature sets the SSL embeddings are compared with, row-aligned with an embedding table.
+
+random-init   same architecture, random weights (see `training.embed.load_encoder(random_init_seed=)`)
+hr_hrv        hand-crafted: heart rate and HRV from neurokit2 beat detection on each segment
+true_params   SYNTHETIC cohort only: the simulator's own physiological parameters, an upper
+              bound on what the signals can tell about the attributes
+"""
+
+from __future__ import annotations
+
+from concurrent.futures import ProcessPoolExecutor
+
+import numpy as np
+import pandas as pd
+from tqdm import tqdm
+
+from pulsefm.quality import beat_indices
+from pulsefm.records import Modality
+
+HRV_FEATURES = ("hr_mean", "hr_median", "ibi_sd_ms", "rmssd_ms", "pnn50", "ibi_iqr_ms", "ibi_cv", "n_beats")
+# simulator parameters of training.synthetic.Participant that shape each modality's signal
+# (not the attributes being predicted): the upper bound uses only what the signal could carry
+TRUE_PARAMS: dict[str, tuple[str, ...]] = {
+    "ppg": ("hr_rest", "hrv_std", "lfhf", "reflection", "reflection_delay_s", "perfusion"),
+    "ecg": ("hr_rest", "hrv_std", "lfhf", "r_amp", "qrs_width", "t_amp", "t_angle"),
+}
+
+
+def hrv_features(x: np.ndarray, fs: float, modality: Modality | str) -> np.ndarray:
+    """HR / HRV summary of one filtered 1-D segment; NaN where fewer than 3 beats are found."""
+    beats = beat_indices(x, fs, Modality(modality))
+    if beats.size < 3:
+        return np.full(len(HRV_FEATURES), np.nan)
+    ibi = np.diff(beats) / fs * 1000.0  # ms
+    d = np.diff(ibi)
+    q75, q25 = np.percentile(ibi, [75, 25])
+    return np.array(
+        [
+            60000.0 / ibi.mean(),
+            60000.0 / np.median(ibi),
+            ibi.std(),
+            np.sqrt(np.mean(d**2)) if d.size else 0.0,
+            np.mean(np.abs(d) > 50.0) if d.size else 0.0,
+            q75 - q25,
+            ibi.std() / ibi.mean(),
+            float(beats.size),
+        ]
+    )
+
+
+def _hrv_chunk(args: tuple[np.ndarray, float, str]) -> np.ndarray:
+    segs, fs, modality = args
+    return np.stack([hrv_features(s[0], fs, modality) for s in segs])
+
+
+def hrv_matrix(
+    segments: np.ndarray, fs: float, modality: str, workers: int = 2, chunk: int = 64
+) -> np.ndarray:
+    """(n, len(HRV_FEATURES)) for segments (n, C, T); channel 0 carries the beats. NaNs -> column median."""
+    jobs = [(segments[a : a + chunk], fs, modality) for a in range(0, len(segments), chunk)]
+    with ProcessPoolExecutor(max_workers=workers) as pool:
+        parts = list(tqdm(pool.map(_hrv_chunk, jobs), total=len(jobs), desc="HR/HRV features", disable=None))
+    feats = np.concatenate(parts) if parts else np.empty((0, len(HRV_FEATURES)))
+    med = np.nanmedian(feats, axis=0)
+    return np.where(np.isfinite(feats), feats, np.nan_to_num(med)).astype(np.float32)
+
+
+def true_params(table: pd.DataFrame, modality: str) -> np.ndarray:
+    """The simulator parameters behind each row's `modality` signal (SYNTHETIC stores only)."""
+    cols = list(TRUE_PARAMS[modality])
+    missing = [c for c in cols if c not in table.columns]
+    if missing:
+        raise KeyError(f"not a synthetic store: no simulator parameters {missing}")
+    return table[cols].to_numpy(dtype=np.float32)
