@@ -1,0 +1,32 @@
+"""Prometheus metrics of the gateway (served at /metrics). Dashboards: deploy/grafana/."""
+
+from __future__ import annotations
+
+from prometheus_client import Counter, Gauge, Histogram, Info
+
+# seconds; fine at the low end for cache hits and validation
+BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0, 10.0)
+
+STAGE_SECONDS = Histogram(
+    "pulsefm_stage_seconds",
+    "Time per request stage: validation, cache, queue_wait, inference, probes, total",
+    ["stage", "endpoint"],
+    buckets=BUCKETS,
+)
+REQUESTS = Counter("pulsefm_requests_total", "Requests by endpoint and status code", ["endpoint", "status"])
+SEGMENTS = Counter("pulsefm_segments_total", "Segments received", ["endpoint", "modality"])
+FAILURES = Counter("pulsefm_request_failures_total", "Failed requests by reason", ["reason"])
+BATCH_SIZE = Histogram(
+    "pulsefm_batch_size", "Segments per backend call", ["modality"], buckets=(1, 2, 4, 8, 16, 32, 48, 64, 128)
+)
+QUEUE_DEPTH = Gauge("pulsefm_queue_segments", "Segments waiting in the micro-batcher", ["modality"])
+CACHE_HITS = Counter("pulsefm_cache_hits_total", "Embedding cache hits", ["cache"])
+CACHE_MISSES = Counter("pulsefm_cache_misses_total", "Embedding cache misses", ["cache"])
+CACHE_ERRORS = Counter(
+    "pulsefm_cache_errors_total", "Cache operations that failed (served without cache)", ["cache", "op"]
+)
+DROPPED = Counter(
+    "pulsefm_dropped_segments_total", "Queued segments dropped because the client left", ["modality"]
+)
+MODEL_INFO = Info("pulsefm_model", "Served model versions")
+BACKEND_UP = Gauge("pulsefm_backend_up", "1 if the inference backend answered its last health check")

@@ -1,0 +1,55 @@
+"""`pulse-fm serve`: run the gateway with uvicorn (settings from flags, PULSEFM_* variables or .env).
+
+    pulse-fm serve                                   # 127.0.0.1:8080, onnxruntime, ./model_repository
+    pulse-fm serve --host 0.0.0.0 --redis-url redis://127.0.0.1:6379/0
+    pulse-fm serve --backend triton --triton-url 127.0.0.1:8001
+
+Open http://127.0.0.1:8080/docs for the API with examples.
+"""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="pulse-fm serve", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=8080)
+    p.add_argument("--repo", type=Path, help="model repository (default: ./model_repository)")
+    p.add_argument("--backend", choices=["onnxruntime", "triton"])
+    p.add_argument("--triton-url")
+    p.add_argument("--redis-url")
+    p.add_argument("--log-level", default="info")
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    import uvicorn
+
+    from service.app import create_app
+    from service.settings import Settings
+
+    args = build_parser().parse_args(argv)
+    overrides: dict[str, Any] = {
+        k: v
+        for k, v in {
+            "repo": args.repo,
+            "backend": args.backend,
+            "triton_url": args.triton_url,
+            "redis_url": args.redis_url,
+        }.items()
+        if v is not None
+    }
+    app = create_app(Settings(**overrides))
+    uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level, access_log=False)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,56 @@
+"""Gateway settings: environment variables PULSEFM_<NAME> (or a .env file), with sane defaults.
+
+The defaults run the embedded configuration: in-process onnxruntime on ./model_repository,
+an in-process LRU cache, no API keys. Point PULSEFM_REDIS_URL at Redis and PULSEFM_BACKEND at
+"triton" (with PULSEFM_TRITON_URL) to scale out.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from pulsefm import contract as C
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="PULSEFM_", env_file=".env", extra="ignore")
+
+    repo: Path = Field(ROOT / "model_repository", description="model repository (Triton layout)")
+    backend: Literal["onnxruntime", "triton"] = "onnxruntime"
+    triton_url: str = "127.0.0.1:8001"
+    triton_protocol: Literal["grpc", "http"] = "grpc"
+    ort_threads: int = Field(0, description="onnxruntime intra-op threads (0 = onnxruntime's default)")
+
+    # micro-batching (defaults from the Triton contract)
+    max_batch: int = C.MAX_BATCH_SIZE
+    max_wait_ms: float = C.MAX_QUEUE_DELAY_US / 1000
+    max_queued_segments: int = Field(1024, description="beyond this, requests get 429 + Retry-After")
+    retry_after_s: int = 1
+
+    # request limits
+    max_segments: int = Field(64, description="segments per request")
+    max_body_bytes: int = Field(64 * 1024 * 1024, description="larger bodies get 413")
+    min_fs: float = 16.0
+    max_fs: float = 4096.0
+    duration_tolerance: float = Field(0.02, description="relative slack on a segment's duration")
+
+    # cache
+    redis_url: str | None = Field(None, description="e.g. redis://127.0.0.1:6379/0; unset = in-process LRU")
+    cache_ttl_s: int = 7 * 24 * 3600
+    lru_entries: int = 10_000
+    redis_timeout_s: float = 0.25
+
+    # security: comma-separated keys; empty = open (embedded default)
+    api_keys: str = ""
+    admin_keys: str = ""
+    watch_repo_s: float = Field(0.0, description="poll the repository for new versions every N s (0 = off)")
+
+    def keys(self, admin: bool = False) -> set[str]:
+        raw = self.admin_keys if admin else self.api_keys
+        return {k.strip() for k in raw.split(",") if k.strip()}

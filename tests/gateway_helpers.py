@@ -1,0 +1,72 @@
+"""Shared fixtures' helpers for gateway tests: a published test repository and a uvicorn thread."""
+
+from __future__ import annotations
+
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from service.triton_local import free_port
+from tests.test_export import make_artifact, probes_doc
+from training.publish import publish
+from training.synthetic import CohortConfig, simulate_participant
+
+
+def build_repo(root: Path, seed: int = 0) -> Path:
+    """ppg + ecg encoders (tiny, BatchNorm calibrated on SYNTHETIC data) with two probe heads each."""
+    repo = root / "repo"
+    for mod in ("ppg", "ecg"):
+        art = make_artifact(mod, seed)
+        pt = root / f"{mod}-{seed}.pt"
+        torch.save(art, pt)
+        publish(repo, pt, probes_doc(mod, art, root / f"{mod}-{seed}-probes.json"))
+    return repo
+
+
+def raw_segments(modality: str, n: int, fs: float, seed: int = 0) -> np.ndarray:
+    """n raw SYNTHETIC segments (C, duration x fs) at `fs`, as a device would send them."""
+    from pulsefm.preprocess import resample, spec_for
+
+    spec = spec_for(modality)
+    cfg = CohortConfig(
+        recordings=1, modalities=(modality,), ppg_duration_s=200, ecg_duration_s=100, seed=seed
+    )
+    _, recs = simulate_participant(cfg, 0)
+    sig = resample(recs[0].signal, recs[0].fs, fs)
+    length = round(spec.duration_s * fs)
+    hop = max(1, (sig.shape[-1] - length) // max(1, n))
+    out = np.stack([sig[:, i * hop : i * hop + length] for i in range(n)])
+    return np.ascontiguousarray(out, dtype=np.float32)
+
+
+class ServerThread:
+    """A real uvicorn server on loopback running `app` (lifespan included)."""
+
+    def __init__(self, app: object) -> None:
+        import uvicorn
+
+        self.port = free_port()
+        self.server = uvicorn.Server(
+            uvicorn.Config(app, host="127.0.0.1", port=self.port, log_level="warning", lifespan="on")  # type: ignore[arg-type]
+        )
+        self.thread = threading.Thread(target=self.server.run, daemon=True)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def __enter__(self) -> ServerThread:
+        self.thread.start()
+        deadline = time.monotonic() + 60
+        while not self.server.started:
+            if time.monotonic() > deadline or not self.thread.is_alive():
+                raise RuntimeError("gateway did not start")
+            time.sleep(0.05)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.server.should_exit = True
+        self.thread.join(timeout=30)

@@ -1,0 +1,253 @@
+"""The gateway end to end (real app, lifespan, onnxruntime backend), its validation and its cache."""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import json
+
+import numpy as np
+import pytest
+from fastapi.testclient import TestClient
+
+from pulsefm import contract as C
+from pulsefm.preprocess import spec_for
+from service.app import create_app
+from service.settings import Settings
+from service.signals import preprocess
+from tests.gateway_helpers import build_repo, raw_segments
+from training.export import ort_session
+
+
+@pytest.fixture(scope="module")
+def repo(tmp_path_factory):
+    return build_repo(tmp_path_factory.mktemp("gw"))
+
+
+@pytest.fixture(scope="module")
+def client(repo):
+    with TestClient(create_app(Settings(repo=repo))) as c:
+        yield c
+
+
+def npy(x: np.ndarray) -> bytes:
+    buf = io.BytesIO()
+    np.save(buf, x)
+    return buf.getvalue()
+
+
+def test_health_ready_models(client) -> None:
+    assert client.get("/healthz").json() == {"status": "alive"}
+    r = client.get("/readyz")
+    assert r.status_code == 200 and r.json()["ready"]
+    models = client.get("/v1/models").json()
+    assert {(m["modality"], m["version"]) for m in models["models"]} == {("ppg", 1), ("ecg", 1)}
+    assert models["models"][0]["encoder"]["sampling_rate_hz"] in (64.0, 128.0)
+
+
+@pytest.mark.parametrize(("modality", "fs"), [("ecg", 500.0), ("ppg", 64.0), ("ppg", 100.0)])
+def test_embed_equals_training_preprocessing_plus_onnx(client, repo, modality, fs) -> None:
+    x = raw_segments(modality, 3, fs)
+    r = client.post("/v1/embed", json={"modality": modality, "fs": fs, "segments": x.tolist()})
+    assert r.status_code == 200, r.text
+    body = r.json()
+    got = np.asarray(body["embeddings"], dtype=np.float32)
+    assert got.shape == (3, C.EMBED_DIM) and body["model"]["version"] == 1
+    prep = preprocess(x, fs, spec_for(modality))
+    ref = ort_session(repo / f"{modality}_encoder" / "1" / C.MODEL_FILE).run(
+        None, {C.ENCODER_INPUT: prep.data}
+    )[0]
+    np.testing.assert_allclose(got, ref, atol=1e-4)
+    # the binary form gives the same numbers
+    rb = client.post(
+        "/v1/embed",
+        content=npy(x),
+        params={"modality": modality, "fs": fs},
+        headers={"Content-Type": "application/x-npy", "Accept": "application/x-npy"},
+    )
+    assert rb.status_code == 200 and rb.headers["X-Model-Version"] == "1"
+    np.testing.assert_allclose(np.load(io.BytesIO(rb.content)), got, atol=1e-6)
+
+
+def test_raw_float32_with_shape_header(client) -> None:
+    x = raw_segments("ecg", 2, 128.0)
+    r = client.post(
+        "/v1/embed",
+        content=x.astype("<f4").tobytes(),
+        params={"modality": "ecg", "fs": 128},
+        headers={"Content-Type": "application/octet-stream", "X-Shape": "2,1,3840"},
+    )
+    assert r.status_code == 200 and len(r.json()["embeddings"]) == 2
+
+
+def test_predict_has_units_version_and_aggregate(client) -> None:
+    x = raw_segments("ppg", 2, 64.0)
+    r = client.post(
+        "/v1/predict", json={"modality": "ppg", "fs": 64, "segments": x.tolist(), "quality": "full"}
+    )
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert body["model"]["version"] == 1 and body["model"]["preprocess_version"].startswith("ppg-r1-")
+    assert set(body["predictions"][0]) == {"age", "sex"}
+    assert body["predictions"][0]["age"]["units"] == "years"
+    assert 0.0 <= body["predictions"][0]["sex"]["value"] <= 1.0
+    assert body["aggregate"]["age"]["kind"] == "regression"
+    q = body["quality"][0]
+    assert q["heart_rate_bpm"] is not None and 40 < q["heart_rate_bpm"] < 140  # quality=full measures it
+
+
+def _bad_cases() -> list[tuple[str, dict | bytes, dict, str]]:
+    good = raw_segments("ecg", 1, 128.0)[0]
+    nan = good.copy()
+    nan[0, 100:200] = np.nan
+    flat = np.zeros_like(good)
+    clipped = np.clip(good, None, np.percentile(good, 60))
+    return [
+        ("shape", {"modality": "ecg", "fs": 128, "segments": [[[[1.0]]]]}, {}, "shape"),
+        (
+            "channels",
+            {"modality": "ecg", "fs": 128, "segments": np.zeros((1, 2, 3840)).tolist()},
+            {},
+            "channels",
+        ),
+        ("short", {"modality": "ecg", "fs": 128, "segments": [good[:, :1000].tolist()]}, {}, "too_short"),
+        ("long", {"modality": "ecg", "fs": 64, "segments": [good.tolist()]}, {}, "too_long"),
+        (
+            "nan",
+            {
+                "modality": "ecg",
+                "fs": 128,
+                "segments": [json.loads(json.dumps(nan.tolist()).replace("NaN", "null"))],
+            },
+            {},
+            "nonfinite",
+        ),
+        ("flat", {"modality": "ecg", "fs": 128, "segments": [flat.tolist()]}, {}, "flat_line"),
+        ("clipping", {"modality": "ecg", "fs": 128, "segments": [clipped.tolist()]}, {}, "clipping"),
+        ("strings", {"modality": "ecg", "fs": 128, "segments": [["a", "b"]]}, {}, "dtype"),
+        ("modality", {"modality": "eeg", "fs": 128, "segments": [good.tolist()]}, {}, "modality"),
+        ("fs", {"modality": "ecg", "fs": 5, "segments": [good.tolist()]}, {}, "fs"),
+        ("fs-text", {"modality": "ecg", "fs": "fast", "segments": [good.tolist()]}, {}, "fs"),
+        (
+            "many",
+            {"modality": "ecg", "fs": 128, "segments": np.tile(good, (65, 1, 1)).tolist()},
+            {},
+            "too_many_segments",
+        ),
+        ("json", b"{not json", {"Content-Type": "application/json"}, "json"),
+        (
+            "version",
+            {"modality": "ecg", "fs": 128, "segments": [good.tolist()], "model_version": "x"},
+            {},
+            "model_version",
+        ),
+        (
+            "int-npy",
+            npy(np.zeros((1, 1, 3840), dtype=np.int32)),
+            {"Content-Type": "application/x-npy"},
+            "dtype",
+        ),
+        ("nan-npy", npy(nan[None]), {"Content-Type": "application/x-npy"}, "nonfinite"),
+        ("bad-npy", b"\x93NUMPY garbage", {"Content-Type": "application/x-npy"}, "npy"),
+        ("raw-no-shape", good.tobytes(), {"Content-Type": "application/octet-stream"}, "shape"),
+        ("content-type", b"hello", {"Content-Type": "text/plain"}, "content_type"),
+    ]
+
+
+@pytest.mark.parametrize(
+    ("name", "body", "headers", "reason"), _bad_cases(), ids=[c[0] for c in _bad_cases()]
+)
+def test_bad_input_is_a_clear_422(client, name, body, headers, reason) -> None:
+    params = {"modality": "ecg", "fs": 128}
+    if isinstance(body, bytes):
+        r = client.post("/v1/embed", content=body, headers=headers, params=params)
+    else:
+        r = client.post("/v1/embed", json=body)
+    assert r.status_code == 422, (name, r.status_code, r.text)
+    doc = r.json()
+    assert doc["error"] == "validation"
+    assert reason in {p["reason"] for p in doc["problems"]}, doc
+
+
+def test_payload_over_limit_is_413(repo) -> None:
+    with TestClient(create_app(Settings(repo=repo, max_body_bytes=10_000))) as c:
+        r = c.post("/v1/embed", content=b"0" * 20_000, headers={"Content-Type": "application/json"})
+        assert r.status_code == 413 and r.json()["error"] == "too_large"
+
+
+def test_unknown_version_is_404_and_pinned_version_works(client) -> None:
+    x = raw_segments("ecg", 1, 128.0)
+    r = client.post(
+        "/v1/embed", json={"modality": "ecg", "fs": 128, "segments": x.tolist(), "model_version": 9}
+    )
+    assert r.status_code == 404 and "served: [1]" in r.json()["detail"]
+    r = client.post(
+        "/v1/embed", json={"modality": "ecg", "fs": 128, "segments": x.tolist(), "model_version": 1}
+    )
+    assert r.status_code == 200
+
+
+def test_api_keys(repo) -> None:
+    x = raw_segments("ecg", 1, 128.0).tolist()
+    with TestClient(create_app(Settings(repo=repo, api_keys="k1,k2", admin_keys="root"))) as c:
+        body = {"modality": "ecg", "fs": 128, "segments": x}
+        assert c.post("/v1/embed", json=body).status_code == 401
+        assert c.post("/v1/embed", json=body, headers={"X-API-Key": "nope"}).status_code == 401
+        assert c.post("/v1/embed", json=body, headers={"X-API-Key": "k2"}).status_code == 200
+        assert c.post("/v1/admin/reload", headers={"X-API-Key": "k1"}).status_code == 401
+        assert c.post("/v1/admin/reload", headers={"X-API-Key": "root"}).status_code == 200
+        assert c.get("/healthz").status_code == 200  # probes stay open
+
+
+def test_metrics_exported(client) -> None:
+    x = raw_segments("ecg", 1, 128.0).tolist()
+    client.post("/v1/embed", json={"modality": "ecg", "fs": 128, "segments": x})
+    text = client.get("/metrics").text
+    for name in (
+        "pulsefm_stage_seconds_bucket",
+        "pulsefm_batch_size_bucket",
+        "pulsefm_cache_hits_total",
+        "pulsefm_request_failures_total",
+        "pulsefm_model_info",
+    ):
+        assert name in text, name
+    assert 'stage="queue_wait"' in text and 'stage="inference"' in text and 'stage="validation"' in text
+
+
+def test_openapi_documents_both_body_forms(client) -> None:
+    spec = client.get("/openapi.json").json()
+    content = spec["paths"]["/v1/embed"]["post"]["requestBody"]["content"]
+    assert {"application/json", "application/x-npy", "application/octet-stream"} <= set(content)
+    assert "422" in spec["paths"]["/v1/embed"]["post"]["responses"]
+
+
+def test_lru_cache_hits_return_identical_embeddings(client) -> None:
+    x = raw_segments("ppg", 2, 64.0, seed=3).tolist()
+    a = client.post("/v1/embed", json={"modality": "ppg", "fs": 64, "segments": x}).json()
+    b = client.post("/v1/embed", json={"modality": "ppg", "fs": 64, "segments": x}).json()
+    assert [q["cached"] for q in a["quality"]] == [False, False]
+    assert [q["cached"] for q in b["quality"]] == [True, True]
+    assert a["embeddings"] == b["embeddings"]
+
+
+def test_client_sync_and_async(repo) -> None:
+    from service.client import AsyncPulseClient, PulseClient, PulseError
+    from tests.gateway_helpers import ServerThread
+
+    x = raw_segments("ecg", 2, 250.0)
+    with ServerThread(create_app(Settings(repo=repo))) as server:
+        with PulseClient(server.url) as c:
+            assert c.ready()
+            emb = c.embed(x, "ecg", 250.0)
+            assert emb.shape == (2, 256)
+            out = c.predict(x, "ecg", 250.0)
+            assert out["model"]["version"] == 1 and len(out["predictions"]) == 2
+            with pytest.raises(PulseError) as err:
+                c.embed(x[:, :, :100], "ecg", 250.0)
+            assert err.value.status == 422
+
+        async def run() -> np.ndarray:
+            async with AsyncPulseClient(server.url) as ac:
+                return await ac.embed(x, "ecg", 250.0)
+
+        np.testing.assert_allclose(asyncio.run(run()), emb, atol=1e-6)
