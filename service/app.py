@@ -142,6 +142,21 @@ async def reload_models(state: State) -> list[ModelVersion]:
 _BACKGROUND: set[asyncio.Task[None]] = set()
 
 
+START_RETRY_S = 2.0
+
+
+async def _start(state: State) -> None:
+    """Load models; while the backend (e.g. Triton) is unreachable, /readyz says 503 and we retry."""
+    while True:
+        try:
+            await reload_models(state)
+            state.ready = True
+            return
+        except BackendUnavailable:
+            FAILURES.labels("startup").inc()
+            await asyncio.sleep(START_RETRY_S)
+
+
 def _stop_later(batcher: MicroBatcher) -> None:
     task = asyncio.ensure_future(batcher.stop())
     _BACKGROUND.add(task)
@@ -180,17 +195,18 @@ def create_app(
             reload_lock=asyncio.Lock(),
         )
         app.state.pulse = state
-        await reload_models(state)
-        state.ready = True
-        watcher = (
-            asyncio.create_task(_watch(state, settings.watch_repo_s)) if settings.watch_repo_s > 0 else None
-        )
+        if not settings.repo.is_dir():
+            raise FileNotFoundError(f"{settings.repo}: model repository not found (see README: make model)")
+        tasks = [asyncio.create_task(_start(state))]
+        if settings.watch_repo_s > 0:
+            tasks.append(asyncio.create_task(_watch(state, settings.watch_repo_s)))
+        await asyncio.wait(tasks[:1], timeout=settings.startup_wait_s)  # ready at once when the backend is
         try:
             yield
         finally:
             state.ready = False
-            if watcher is not None:
-                watcher.cancel()
+            for t in tasks:
+                t.cancel()
             for b in state.batchers.values():
                 await b.stop()
             await state.backend.close()
@@ -269,6 +285,8 @@ def create_app(
     async def embed_batch(
         state: State, batch: Batch, endpoint: str
     ) -> tuple[ModelVersion, np.ndarray, dict[str, Any]]:
+        if not state.ready:
+            raise NotReady("models are not loaded yet (backend unreachable?); see /readyz")
         mv = state.registry.resolve(batch.modality, batch.model_version)
         SEGMENTS.labels(endpoint, mv.modality).inc(len(batch.x))
         t0 = time.perf_counter()

@@ -198,7 +198,8 @@ class FakeBackend:
         if self.delay_s:
             await asyncio.sleep(self.delay_s)
         m = x.astype(np.float64).mean(axis=2) + x.std(axis=2) + mv.version
-        return np.resize(m, (len(x), C.EMBED_DIM)).astype(np.float32)
+        reps = -(-C.EMBED_DIM // m.shape[1])
+        return np.tile(m, (1, reps))[:, : C.EMBED_DIM].astype(np.float32)
 
     async def predict(self, mv: ModelVersion, emb: np.ndarray) -> np.ndarray:
         k = max(1, len(mv.outputs))

@@ -49,6 +49,7 @@ class Settings(BaseSettings):
     # security: comma-separated keys; empty = open (embedded default)
     api_keys: str = ""
     admin_keys: str = ""
+    startup_wait_s: float = Field(30.0, description="wait this long for the backend before serving 503s")
     watch_repo_s: float = Field(0.0, description="poll the repository for new versions every N s (0 = off)")
 
     def keys(self, admin: bool = False) -> set[str]:
