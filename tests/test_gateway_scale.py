@@ -141,7 +141,8 @@ async def test_redis_cache_direct_roundtrip(redis_db) -> None:
     await cache.set_many({"pulsefm:emb:test": np.arange(4, dtype=np.float32).tobytes()})
     got = await cache.get_many(["pulsefm:emb:test", "pulsefm:emb:none"])
     await cache.close()
-    assert got[1] is None and np.array_equal(np.frombuffer(got[0], np.float32), np.arange(4))
+    assert got[1] is None and got[0] is not None
+    assert np.array_equal(np.frombuffer(got[0], np.float32), np.arange(4))
 
 
 # ---------------------------------------------------------------------------------- hot swap
