@@ -86,6 +86,19 @@ def test_folded_head_reproduces_the_pipeline() -> None:
         np.testing.assert_allclose(z, predict(pipe, data.x, t.kind), rtol=1e-5, atol=1e-6)
 
 
+def test_saved_heads_reproduce_predictions_through_the_export_reference() -> None:
+    from training.export import probes_reference
+
+    table, x = _table()
+    results = run_probes(table, x, ["age", "sex"], 0.3, seed=0, n_boot=10)
+    heads = [r.head() for r in results]
+    for r, k in zip(results, range(len(heads)), strict=True):
+        data = design(table, x, TARGETS[r.target])
+        test = np.isin(data.groups, list(held_out_participants(table["participant_id"].to_numpy(), 0.3, 0)))
+        ref = probes_reference(heads, data.x[test])[:, k]
+        np.testing.assert_allclose(ref, r.test_pred, rtol=1e-5, atol=1e-6)
+
+
 def test_bootstrap_resamples_whole_participants() -> None:
     y = np.array([0.0, 0.0, 10.0, 10.0])
     pred = np.array([0.0, 0.0, 0.0, 0.0])

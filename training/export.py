@@ -102,29 +102,66 @@ def export_encoder(art: dict[str, Any], out: Path, meta: dict[str, str]) -> None
     onnx.save(model, str(out))
 
 
+def probe_arrays(heads: list[dict[str, Any]]) -> dict[str, np.ndarray]:
+    """Per-head standardisation + linear coefficients stacked for K heads (raw weights if unfolded absent)."""
+    n = len(heads[0]["weights"])
+
+    def get(h: dict[str, Any], key: str, default: Any) -> Any:
+        return h[key] if h.get(key) not in (None, []) else default
+
+    return {
+        "mean": np.array([get(h, "mean", np.zeros(n)) for h in heads], dtype=np.float64),  # (K, 256)
+        "scale": np.array([get(h, "scale", np.ones(n)) for h in heads], dtype=np.float64),
+        "coef": np.array([get(h, "coef", h["weights"]) for h in heads], dtype=np.float64),
+        "intercept": np.array([get(h, "intercept", h["bias"]) for h in heads], dtype=np.float64),
+        "is_prob": np.array([h["kind"] == "classification" for h in heads]),
+    }
+
+
+def probes_reference(heads: list[dict[str, Any]], emb: np.ndarray) -> np.ndarray:
+    """What the probe graph computes, in float64 numpy: (B, K)."""
+    a = probe_arrays(heads)
+    z = (emb.astype(np.float64)[:, None, :] - a["mean"][None]) / a["scale"][None]  # (B, K, 256)
+    y = np.einsum("bkd,kd->bk", z, a["coef"]) + a["intercept"]
+    return np.where(a["is_prob"], 1 / (1 + np.exp(-y)), y)
+
+
 def export_probes(heads: list[dict[str, Any]], out: Path, meta: dict[str, str]) -> None:
-    """Linear probe heads as one graph: y = x W + b; sigmoid on classifier columns."""
+    """K linear probe heads as one graph on the embedding [B, 256] -> [B, K].
+
+    Each head keeps its own standardisation: y_k = ((x - mean_k) / scale_k) . coef_k + intercept_k
+    (folding it into raw-space weights loses float32 precision); classifier columns get a sigmoid.
+    """
     import onnx
     from onnx import TensorProto, helper, numpy_helper
 
-    w = np.array([h["weights"] for h in heads], dtype=np.float32).T  # (256, K)
-    b = np.array([h["bias"] for h in heads], dtype=np.float32)
-    is_prob = np.array([h["kind"] == "classification" for h in heads])
-    contract = C.probes_contract(meta["modality"], len(heads))
+    a = probe_arrays(heads)
+    k = len(heads)
+    contract = C.probes_contract(meta["modality"], k)
+    inits = {
+        "mean": a["mean"].astype(np.float32)[None],  # (1, K, 256)
+        "scale": a["scale"].astype(np.float32)[None],
+        "coef": a["coef"].astype(np.float32)[None],
+        "intercept": a["intercept"].astype(np.float32),  # (K,)
+        "is_prob": a["is_prob"],
+        "axes1": np.array([1], dtype=np.int64),
+        "axes2": np.array([2], dtype=np.int64),
+    }
     graph = helper.make_graph(
         [
-            helper.make_node("Gemm", [contract.input.name, "W", "b"], ["linear"]),
+            helper.make_node("Unsqueeze", [contract.input.name, "axes1"], ["x3"]),  # (B, 1, 256)
+            helper.make_node("Sub", ["x3", "mean"], ["centred"]),  # (B, K, 256)
+            helper.make_node("Div", ["centred", "scale"], ["z"]),
+            helper.make_node("Mul", ["z", "coef"], ["terms"]),
+            helper.make_node("ReduceSum", ["terms", "axes2"], ["dot"], keepdims=0),  # (B, K)
+            helper.make_node("Add", ["dot", "intercept"], ["linear"]),
             helper.make_node("Sigmoid", ["linear"], ["prob"]),
             helper.make_node("Where", ["is_prob", "prob", "linear"], [contract.output.name]),
         ],
         contract.name,
         [helper.make_tensor_value_info(contract.input.name, TensorProto.FLOAT, ["batch", C.EMBED_DIM])],
-        [helper.make_tensor_value_info(contract.output.name, TensorProto.FLOAT, ["batch", len(heads)])],
-        [
-            numpy_helper.from_array(w, "W"),
-            numpy_helper.from_array(b, "b"),
-            numpy_helper.from_array(is_prob, "is_prob"),
-        ],
+        [helper.make_tensor_value_info(contract.output.name, TensorProto.FLOAT, ["batch", k])],
+        [numpy_helper.from_array(v, name) for name, v in inits.items()],
     )
     model = helper.make_model(
         graph, opset_imports=[helper.make_opsetid("", C.ONNX_OPSET)], producer_name="pulse-fm"
@@ -182,12 +219,7 @@ def encoder_parity(art: dict[str, Any], onnx_path: Path, x: np.ndarray) -> float
 
 
 def probes_parity(heads: list[dict[str, Any]], onnx_path: Path, emb: np.ndarray) -> float:
-    w = np.array([h["weights"] for h in heads], dtype=np.float64).T
-    b = np.array([h["bias"] for h in heads], dtype=np.float64)
-    ref = emb.astype(np.float64) @ w + b
-    for k, h in enumerate(heads):
-        if h["kind"] == "classification":
-            ref[:, k] = 1 / (1 + np.exp(-ref[:, k]))
+    ref = probes_reference(heads, emb)
     got = ort_session(onnx_path).run([C.PROBES_OUTPUT], {C.PROBES_INPUT: emb.astype(np.float32)})[0]
     return float(np.max(np.abs(ref - got)))
 
@@ -339,8 +371,9 @@ def build_probes(
     onnx_path = dest / C.MODEL_FILE
     export_probes(heads, onnx_path, meta)
     check_contract(onnx_path, C.probes_contract(modality, len(heads)))
-    emb = np.random.default_rng(0).normal(size=(32, C.EMBED_DIM)).astype(np.float32)
-    parity = probes_parity(heads, onnx_path, emb)
+    a = probe_arrays(heads)  # embeddings distributed like the probes' training data
+    emb = a["mean"][0] + a["scale"][0] * np.random.default_rng(0).normal(size=(32, C.EMBED_DIM))
+    parity = probes_parity(heads, onnx_path, emb.astype(np.float32))
     if not parity < PARITY_TOL:
         raise ValueError(f"{probes_json}: probe ONNX max abs diff {parity:.2e} >= {PARITY_TOL}")
     card = probes_card(doc, meta, onnx_path, parity)

@@ -166,8 +166,14 @@ class ProbeResult:
     strength: float  # chosen ridge alpha or logistic C
     metrics: dict[str, float]
     ci95: dict[str, tuple[float, float]]
-    weights: list[float] = field(repr=False)  # in raw feature space
+    weights: list[float] = field(repr=False)  # in raw feature space: y = x . weights + bias
     bias: float = 0.0
+    # the same map unfolded, as exported (better conditioned in float32):
+    # ((x - mean) / scale) . coef + intercept
+    mean: list[float] = field(default_factory=list, repr=False)
+    scale: list[float] = field(default_factory=list, repr=False)
+    coef: list[float] = field(default_factory=list, repr=False)
+    intercept: float = 0.0
     test_y: list[float] = field(default_factory=list, repr=False)
     test_pred: list[float] = field(default_factory=list, repr=False)
 
@@ -218,6 +224,10 @@ def run_probe(
         ci95=bootstrap(test.y, pred, test.groups, target.kind, n_boot, seed),
         weights=[float(v) for v in w],
         bias=b,
+        mean=[float(v) for v in pipe.named_steps["scale"].mean_],
+        scale=[float(v) for v in pipe.named_steps["scale"].scale_],
+        coef=[float(v) for v in np.ravel(pipe.named_steps["model"].coef_)],
+        intercept=float(np.ravel(pipe.named_steps["model"].intercept_)[0]),
         test_y=[float(v) for v in test.y],
         test_pred=[float(v) for v in pred],
     )
