@@ -15,7 +15,7 @@ import contextlib
 import functools
 import io
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -89,6 +89,20 @@ class State:
     batchers: dict[tuple[str, int], MicroBatcher]
     ready: bool = False
     reload_lock: asyncio.Lock | None = None
+    inflight: int = 0  # admitted segments not yet answered
+
+    @contextlib.contextmanager
+    def admit(self, n: int) -> Iterator[None]:
+        """The concurrency bound: refuse before any work is spent when too much is in flight."""
+        if self.inflight + n > self.settings.max_inflight_segments:
+            raise Overloaded(
+                f"{self.inflight} segments in flight (limit {self.settings.max_inflight_segments}); retry later"
+            )
+        self.inflight += n
+        try:
+            yield
+        finally:
+            self.inflight -= n
 
     def batcher(self, mv: ModelVersion) -> MicroBatcher:
         key = (mv.modality, mv.version)
@@ -360,7 +374,8 @@ def create_app(
         t0 = time.perf_counter()
         batch = await read_batch(request)
         STAGE_SECONDS.labels("validation", "/v1/embed").observe(time.perf_counter() - t0)
-        mv, emb, quality = await embed_batch(state, batch, "/v1/embed")
+        with state.admit(len(batch.x)):
+            mv, emb, quality = await embed_batch(state, batch, "/v1/embed")
         if NPY in request.headers.get("accept", ""):
             buf = io.BytesIO()
             np.save(buf, emb)
@@ -386,12 +401,13 @@ def create_app(
         t0 = time.perf_counter()
         batch = await read_batch(request)
         STAGE_SECONDS.labels("validation", "/v1/predict").observe(time.perf_counter() - t0)
-        mv, emb, quality = await embed_batch(state, batch, "/v1/predict")
-        if not mv.outputs:
-            raise UnknownModel(f"{mv.modality} version {mv.version} has no probe heads")
-        t1 = time.perf_counter()
-        both = np.concatenate([emb, emb.mean(axis=0, keepdims=True)])
-        out = await state.backend.predict(mv, both)
+        with state.admit(len(batch.x)):
+            mv, emb, quality = await embed_batch(state, batch, "/v1/predict")
+            if not mv.outputs:
+                raise UnknownModel(f"{mv.modality} version {mv.version} has no probe heads")
+            t1 = time.perf_counter()
+            both = np.concatenate([emb, emb.mean(axis=0, keepdims=True)])
+            out = await state.backend.predict(mv, both)
         STAGE_SECONDS.labels("probes", "/v1/predict").observe(time.perf_counter() - t1)
         return JSONResponse(
             {

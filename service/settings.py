@@ -30,7 +30,10 @@ class Settings(BaseSettings):
     # micro-batching (defaults from the Triton contract)
     max_batch: int = C.MAX_BATCH_SIZE
     max_wait_ms: float = C.MAX_QUEUE_DELAY_US / 1000
-    max_queued_segments: int = Field(1024, description="beyond this, requests get 429 + Retry-After")
+    max_inflight_segments: int = Field(
+        256, description="segments admitted at once (validated, not yet answered); beyond: 429 + Retry-After"
+    )
+    max_queued_segments: int = Field(1024, description="micro-batcher queue bound; beyond: 429 + Retry-After")
     retry_after_s: int = 1
 
     # request limits
