@@ -4,8 +4,11 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 STORE  ?= stores/syn200
+EVAL   ?= stores/syneval
+REPO   ?= model_repository
+STEPS  ?= 1000
 
-.PHONY: install run test test-fast test-slow lint format type-check clean
+.PHONY: install run pretrain model evaluate ablate bench test test-fast test-slow lint format type-check clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -15,10 +18,43 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP)
 
-## the main job on the embedded default: a SYNTHETIC cohort -> segment store -> tiny pretraining
+## the main job on the embedded default: the gateway on the shipped model, onnxruntime in-process
+## (no Triton, no Redis); http://127.0.0.1:8080/docs
 run: install
+	$(BIN)/pulse-fm serve
+
+## pretraining demo: a SYNTHETIC cohort -> segment store -> tiny pretraining (~6 min on 2 cores)
+pretrain: install
 	$(BIN)/pulse-fm prepare --synthetic 200 --out $(STORE)
 	$(BIN)/pulse-fm train --preset tiny --store $(STORE) --out runs/tiny
+
+$(STORE)/store.json: | install
+	$(BIN)/pulse-fm prepare --synthetic 200 --seed 0 --out $(STORE)
+$(EVAL)/store.json: | install
+	$(BIN)/pulse-fm prepare --synthetic 300 --seed 1 --recordings 3 --out $(EVAL)
+runs/ppg-$(STEPS)/encoder.pt: $(STORE)/store.json
+	$(BIN)/pulse-fm train --preset tiny --store $(STORE) --out runs/ppg-$(STEPS) --steps $(STEPS) --set lr_step_intervals=10
+runs/ecg-$(STEPS)/encoder.pt: $(STORE)/store.json
+	$(BIN)/pulse-fm train --preset tiny --modality ecg --store $(STORE) --out runs/ecg-$(STEPS) --steps $(STEPS) --set lr_step_intervals=10
+runs/ablate/ablations.json: $(STORE)/store.json $(EVAL)/store.json
+	$(BIN)/pulse-fm ablate --store $(STORE) --eval-store $(EVAL) --out runs/ablate --steps 300
+
+## ablations: positives, KoLeo, momentum (reduced budget; SYNTHETIC)
+ablate: runs/ablate/ablations.json
+
+## the evaluation report (probes, baselines, real-recording checks, ablations) -> reports/default
+evaluate: runs/ppg-$(STEPS)/encoder.pt runs/ecg-$(STEPS)/encoder.pt $(EVAL)/store.json runs/ablate/ablations.json
+	$(BIN)/pulse-fm evaluate --encoder runs/ppg-$(STEPS)/encoder.pt --encoder runs/ecg-$(STEPS)/encoder.pt \
+	    --store $(EVAL) --ablations runs/ablate/ablations.json --out reports/default
+
+## the shipped default model, from scratch (~1 h on 2 cores): make model REPO=/tmp/repo to compare
+model: evaluate
+	$(BIN)/pulse-fm publish --encoder runs/ppg-$(STEPS)/encoder.pt --probes reports/default/probes_ppg.json --repo $(REPO)
+	$(BIN)/pulse-fm publish --encoder runs/ecg-$(STEPS)/encoder.pt --probes reports/default/probes_ecg.json --repo $(REPO)
+
+## gateway benchmarks -> benchmarks/results/gateway.json (+ RESULTS.md by hand from its tables)
+bench: install
+	$(BIN)/python -m benchmarks.gateway
 
 ## what CI runs: lint, type-check, then the fast test suite
 test: install lint type-check

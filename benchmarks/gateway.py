@@ -331,6 +331,117 @@ def section_concurrency(args: argparse.Namespace) -> dict[str, Any]:
     return {"modality": mod, "request_segments": per, "rows": rows, "plot": png.name}
 
 
+def _row(*cells: object) -> str:
+    return "| " + " | ".join(str(c) for c in cells) + " |"
+
+
+def render_markdown(doc: dict[str, Any]) -> str:
+    """benchmarks/RESULTS.md from the JSON: every number below comes from the last run of each section."""
+    m = doc["machine"]
+    sec = doc["sections"]
+    lines = [
+        "# Benchmark results",
+        "",
+        "Written by `python -m benchmarks.gateway` (do not edit by hand; rerun instead). Machine: "
+        f"{m['platform']}, {m['cpus']} CPUs, Python {m['python']}; no GPU. Inputs are SYNTHETIC "
+        "segments; the gateway and the load generator share the machine. Each comparison is a ratio "
+        "measured in one run.",
+        "",
+        f"Command: `{doc['command']}`",
+        "",
+    ]
+    if "saturation" in sec:
+        s = sec["saturation"]
+        g = s["gateway"]
+        lines += [
+            "## Gateway throughput at saturation vs raw onnxruntime",
+            "",
+            "| | segments/s | p50 ms | p99 ms |",
+            "|---|---|---|---|",
+            _row(
+                f"gateway /v1/embed ({s['modality']}, .npy, {s['request_segments']} seg/request, "
+                f"{s['concurrency']} clients)",
+                f"{g['segments_per_s']:.0f}",
+                f"{g['p50_ms']:.1f}",
+                f"{g['p99_ms']:.1f}",
+            ),
+            f"| raw onnxruntime, batch {s['raw_ort_batch']}, preprocessed in advance | "
+            f"{s['raw_ort_segments_per_s']:.0f} | | |",
+            "",
+            f"**Ratio gateway / raw: {s['ratio']:.2f}** (goal >= 0.85). The gateway's number includes "
+            "validation, preprocessing (bandpass, resampling, z-score) and HTTP.",
+            "",
+        ]
+    if "binary" in sec:
+        b = sec["binary"]
+        lines += [
+            "## Binary vs JSON input (one PPG segment, 4 x 3840, end to end, sequential)",
+            "",
+            "| body | bytes | mean ms | p50 ms |",
+            "|---|---|---|---|",
+            _row(
+                "JSON",
+                b["payload_bytes"]["json"],
+                f"{b['json_ms']['mean']:.1f}",
+                f"{b['json_ms']['p50']:.1f}",
+            ),
+            _row(
+                ".npy",
+                b["payload_bytes"]["npy"],
+                f"{b['binary_ms']['mean']:.1f}",
+                f"{b['binary_ms']['p50']:.1f}",
+            ),
+            "",
+            f"**Binary is {b['speedup_mean']:.1f}x faster** (goal >= 5x).",
+            "",
+        ]
+    if "cache" in sec:
+        lines += [
+            "## Cache hits vs misses (one ECG segment, client-measured, sequential)",
+            "",
+            "| cache | hit p50 ms | hit p99 ms | miss p50 ms | miss p99 ms |",
+            "|---|---|---|---|---|",
+        ]
+        for name, c in sec["cache"].items():
+            lines.append(
+                f"| {name} | {c['hit_ms']['p50']:.2f} | {c['hit_ms']['p99']:.2f} | "
+                f"{c['miss_ms']['p50']:.2f} | {c['miss_ms']['p99']:.2f} |"
+            )
+        lines += ["", "Goal: hit p50 <= 2 ms.", ""]
+    if "triton" in sec:
+        t = sec["triton"]
+        lines += [
+            "## Triton backend vs in-process (Triton 2.51, Python backend, CPU, same machine)",
+            "",
+            "| backend | segments/s (16 clients) | p50 ms (1 client) | p99 ms (1 client) |",
+            "|---|---|---|---|",
+        ]
+        for name in ("in_process", "triton"):
+            lines.append(
+                f"| {name} | {t[name]['saturation']['segments_per_s']:.0f} | {t[name]['single']['p50_ms']:.1f} | "
+                f"{t[name]['single']['p99_ms']:.1f} |"
+            )
+        lines += [
+            "",
+            f"Ratio Triton / in-process throughput: {t['throughput_ratio_triton_over_in_process']:.2f}.",
+            "",
+        ]
+    if "concurrency" in sec:
+        c = sec["concurrency"]
+        lines += [
+            f"## Latency and throughput vs concurrency ({c['modality']}, {c['request_segments']} segments/request)",
+            "",
+            "| clients | segments/s | p50 ms | p99 ms |",
+            "|---|---|---|---|",
+        ]
+        for r in c["rows"]:
+            lines.append(
+                f"| {r['concurrency']} | {r['segments_per_s']:.0f} | {r['p50_ms']:.1f} | {r['p99_ms']:.1f} |"
+            )
+        lines += ["", f"![latency and throughput vs concurrency](results/{c['plot']})", ""]
+    return "\n".join(lines) + "\n"
+
+
 SECTIONS: dict[str, Callable[[argparse.Namespace], dict[str, Any]]] = {
     "saturation": section_saturation,
     "binary": section_binary,
@@ -369,7 +480,9 @@ def main(argv: list[str] | None = None) -> int:
         "sections": results,
     }
     args.out.write_text(json.dumps(doc, indent=2, default=float))
-    print(f"\nwrote {args.out}")
+    md = args.out.parent.parent / "RESULTS.md"
+    md.write_text(render_markdown(json.loads(args.out.read_text())))
+    print(f"\nwrote {args.out} and {md}")
     return 0
 
 
