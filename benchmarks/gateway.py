@@ -417,9 +417,9 @@ def render_markdown(doc: dict[str, Any]) -> str:
             "|---|---|---|---|",
         ]
         for name in ("in_process", "triton"):
+            sat, one = t[name]["saturation"], t[name]["single"]
             lines.append(
-                f"| {name} | {t[name]['saturation']['segments_per_s']:.0f} | {t[name]['single']['p50_ms']:.1f} | "
-                f"{t[name]['single']['p99_ms']:.1f} |"
+                _row(name, f"{sat['segments_per_s']:.0f}", f"{one['p50_ms']:.1f}", f"{one['p99_ms']:.1f}")
             )
         lines += [
             "",
@@ -429,7 +429,8 @@ def render_markdown(doc: dict[str, Any]) -> str:
     if "concurrency" in sec:
         c = sec["concurrency"]
         lines += [
-            f"## Latency and throughput vs concurrency ({c['modality']}, {c['request_segments']} segments/request)",
+            f"## Latency and throughput vs concurrency ({c['modality']}, "
+            f"{c['request_segments']} segments/request)",
             "",
             "| clients | segments/s | p50 ms | p99 ms |",
             "|---|---|---|---|",

@@ -96,7 +96,8 @@ class State:
         """The concurrency bound: refuse before any work is spent when too much is in flight."""
         if self.inflight + n > self.settings.max_inflight_segments:
             raise Overloaded(
-                f"{self.inflight} segments in flight (limit {self.settings.max_inflight_segments}); retry later"
+                f"{self.inflight} segments in flight "
+                f"(limit {self.settings.max_inflight_segments}); retry later"
             )
         self.inflight += n
         try:
