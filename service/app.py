@@ -193,6 +193,36 @@ async def _watch(state: State, every_s: float) -> None:
             FAILURES.labels("watch").inc()
 
 
+def parse_batch(body: bytes, ctype: str, shape: str | None, q: dict[str, str], limits: Limits) -> Batch:
+    """Decode + validate one request body (JSON, .npy or raw float32) into raw segments."""
+    if ctype in (NPY, RAW):
+        arr = decode_binary(body, ctype, shape)
+        modality, fs = parse_modality(q.get("modality")), parse_fs(q.get("fs"), limits)
+        version: Any = q.get("model_version")
+        quality: Any = q.get("quality", "basic")
+    elif ctype == JSON:
+        doc, arr = decode_json(body)
+        modality, fs = parse_modality(doc.get("modality")), parse_fs(doc.get("fs"), limits)
+        version, quality = doc.get("model_version"), doc.get("quality", "basic")
+    else:
+        raise ValidationFailed(
+            [
+                schemas.problem(
+                    "content_type", f"unsupported content type {ctype!r}; use {JSON}, {NPY} or {RAW}"
+                )
+            ]
+        )
+    if quality not in ("basic", "full"):
+        raise ValidationFailed([schemas.problem("quality", "quality must be 'basic' or 'full'")])
+    try:
+        v = int(version) if version not in (None, "") else None
+    except (TypeError, ValueError):
+        raise ValidationFailed(
+            [schemas.problem("model_version", f"model_version must be an integer, got {version!r}")]
+        ) from None
+    return Batch(modality, fs, check_array(arr, modality, fs, limits), v, quality)
+
+
 def create_app(
     settings: Settings | None = None, backend: Backend | None = None, cache: Cache | None = None
 ) -> FastAPI:
@@ -269,33 +299,10 @@ def create_app(
             chunks.append(chunk)
         body = b"".join(chunks)
         ctype = request.headers.get("content-type", JSON).split(";")[0].strip().lower()
-        q = request.query_params
-        if ctype in (NPY, RAW):
-            arr = decode_binary(body, ctype, request.headers.get("x-shape"))
-            modality, fs = parse_modality(q.get("modality")), parse_fs(q.get("fs"), limits)
-            version, quality = q.get("model_version"), q.get("quality", "basic")
-        elif ctype == JSON:
-            doc, arr = decode_json(body)
-            modality, fs = parse_modality(doc.get("modality")), parse_fs(doc.get("fs"), limits)
-            version, quality = doc.get("model_version"), doc.get("quality", "basic")
-        else:
-            raise ValidationFailed(
-                [
-                    schemas.problem(
-                        "content_type", f"unsupported content type {ctype!r}; use {JSON}, {NPY} or {RAW}"
-                    )
-                ]
-            )
-        if quality not in ("basic", "full"):
-            raise ValidationFailed([schemas.problem("quality", "quality must be 'basic' or 'full'")])
-        try:
-            v = int(version) if version not in (None, "") else None
-        except (TypeError, ValueError):
-            raise ValidationFailed(
-                [schemas.problem("model_version", f"model_version must be an integer, got {version!r}")]
-            ) from None
-        x = check_array(arr, modality, fs, limits)
-        return Batch(modality, fs, x, v, quality)
+        # decoding and checking a large body is CPU work: keep it off the event loop
+        return await asyncio.to_thread(
+            parse_batch, body, ctype, request.headers.get("x-shape"), dict(request.query_params), limits
+        )
 
     async def embed_batch(
         state: State, batch: Batch, endpoint: str
