@@ -15,9 +15,9 @@ import contextlib
 import functools
 import io
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Coroutine, Iterator
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 from fastapi import Depends, FastAPI, Request
@@ -54,6 +54,10 @@ class Unauthorized(PermissionError):
     pass
 
 
+class ClientGone(ConnectionError):
+    """The client disconnected before its answer was ready; its queued work was dropped."""
+
+
 class NotReady(RuntimeError):
     pass
 
@@ -67,6 +71,7 @@ ERRORS: dict[type[Exception], tuple[int, str]] = {
     Overloaded: (429, "overloaded"),
     BackendUnavailable: (503, "backend_unavailable"),
     NotReady: (503, "not_ready"),
+    ClientGone: (499, "client_gone"),
 }
 
 
@@ -191,6 +196,31 @@ async def _watch(state: State, every_s: float) -> None:
                 last = now
         except Exception:  # a half-copied repository must not kill the watcher
             FAILURES.labels("watch").inc()
+
+
+T = TypeVar("T")
+
+
+async def until_disconnect(request: Request, work: Coroutine[Any, Any, T]) -> T:
+    """Run `work`, cancelling it if the client disconnects first (the batcher then skips its segments)."""
+    task = asyncio.ensure_future(work)
+
+    async def disconnected() -> None:
+        while True:
+            message = await request.receive()
+            if message["type"] == "http.disconnect":
+                return
+
+    watcher = asyncio.ensure_future(disconnected())
+    try:
+        await asyncio.wait({task, watcher}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        watcher.cancel()
+    if not task.done():
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+        raise ClientGone("client disconnected")
+    return task.result()
 
 
 def parse_batch(body: bytes, ctype: str, shape: str | None, q: dict[str, str], limits: Limits) -> Batch:
@@ -383,7 +413,7 @@ def create_app(
         batch = await read_batch(request)
         STAGE_SECONDS.labels("validation", "/v1/embed").observe(time.perf_counter() - t0)
         with state.admit(len(batch.x)):
-            mv, emb, quality = await embed_batch(state, batch, "/v1/embed")
+            mv, emb, quality = await until_disconnect(request, embed_batch(state, batch, "/v1/embed"))
         if NPY in request.headers.get("accept", ""):
             buf = io.BytesIO()
             np.save(buf, emb)
@@ -410,7 +440,7 @@ def create_app(
         batch = await read_batch(request)
         STAGE_SECONDS.labels("validation", "/v1/predict").observe(time.perf_counter() - t0)
         with state.admit(len(batch.x)):
-            mv, emb, quality = await embed_batch(state, batch, "/v1/predict")
+            mv, emb, quality = await until_disconnect(request, embed_batch(state, batch, "/v1/predict"))
             if not mv.outputs:
                 raise UnknownModel(f"{mv.modality} version {mv.version} has no probe heads")
             t1 = time.perf_counter()

@@ -218,3 +218,36 @@ def test_triton_backend_equals_onnxruntime_backend(repo, tmp_path) -> None:
             assert r.status_code == 503 and r.json()["backend_ok"] is False
             r = c.post("/v1/embed", json=body)
             assert r.status_code == 503 and r.headers["Retry-After"]
+
+
+def test_client_that_leaves_is_dropped_from_the_queue(repo) -> None:
+    """A client that disconnects while queued never reaches the backend (real server, real socket)."""
+    fake = FakeBackend(max_batch=64, delay_s=1.0)
+    x = raw_segments("ecg", 3, 128.0)
+
+    async def run(url: str) -> None:
+        async with httpx.AsyncClient(base_url=url, timeout=30) as client:
+            body = {"modality": "ecg", "fs": 128}
+            # two one-segment requests occupy both in-flight batches for ~1 s
+            busy = []
+            for i in range(2):  # spaced beyond the 2 ms batching window: two separate batches
+                busy.append(
+                    asyncio.create_task(
+                        client.post("/v1/embed", json=body | {"segments": x[i : i + 1].tolist()})
+                    )
+                )
+                await asyncio.sleep(0.1)
+            await asyncio.sleep(0.3)
+            with pytest.raises(httpx.TimeoutException):  # this one waits in the queue, then gives up
+                await client.post("/v1/embed", json=body | {"segments": x.tolist()}, timeout=0.3)
+            assert all(r.status_code == 200 for r in await asyncio.gather(*busy))
+            await asyncio.sleep(1.2)
+
+    with ServerThread(create_app(Settings(repo=repo, lru_entries=1), backend=fake)) as server:
+        asyncio.run(run(server.url))
+        text = httpx.get(server.url + "/metrics").text
+    assert 3 not in fake.batches and sorted(fake.batches) == [1, 1]
+    dropped = [
+        ln for ln in text.splitlines() if ln.startswith('pulsefm_dropped_segments_total{modality="ecg"}')
+    ]
+    assert dropped and float(dropped[0].split()[-1]) >= 3
