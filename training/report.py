@@ -199,6 +199,9 @@ def write_report(
             f"Effective rank of the embeddings: SSL {res['effective_rank']['ssl']:.1f}, "
             f"random-init {res['effective_rank']['random_init']:.1f}.</p>",
             _probe_table(res),
+            "<p><small>heart_rate labels come from the same neurokit2 beat detector as the HR + HRV "
+            "features, so that baseline's near-zero heart-rate error is by construction. The true-parameter "
+            "baseline knows each participant's resting rate, not the per-recording offsets.</small></p>",
             f"<img src='probes_{mod}.png' alt='probe plots'>",
             f"<img src='pca_{mod}.png' alt='PCA of embeddings'>",
         ]
