@@ -20,7 +20,7 @@ from typing import Any
 
 import numpy as np
 
-from pulsefm.preprocess import PreprocessSpec, filter_and_resample, match_channels, spec_for, zscore
+from pulsefm.preprocess import PreprocessSpec, filter_and_resample, spec_for, zscore
 from pulsefm.quality import check_segment, raw_checks
 from pulsefm.records import Modality
 
@@ -183,22 +183,23 @@ class Prepared:
 
 
 def preprocess(x: np.ndarray, fs: float, spec: PreprocessSpec, full_quality: bool = False) -> Prepared:
-    """The training pipeline's filter/resample/z-score per segment (+ heart rate and SQI if asked)."""
-    out = np.empty((len(x), spec.channels, spec.window), dtype=np.float32)
-    flags: list[list[str]] = []
-    hrs: list[float | None] = []
-    sqis: list[float | None] = []
-    for i, seg in enumerate(x):
-        seg64 = match_channels(seg.astype(np.float64), spec.channels)
-        filtered = fit_length(filter_and_resample(seg64, fs, spec), spec.window)
-        if full_quality:
-            q = check_segment(seg64, fs, filtered, spec.fs, spec.modality)
-            flags.append(list(q.reasons))
-            hrs.append(None if not np.isfinite(q.heart_rate_bpm) else round(float(q.heart_rate_bpm), 2))
-            sqis.append(None if not np.isfinite(q.sqi) else round(float(q.sqi), 3))
-        else:
-            flags.append([])
-            hrs.append(None)
-            sqis.append(None)
-        out[i] = zscore(filtered[None])[0] if spec.zscore else filtered
-    return Prepared(out, flags, hrs, sqis)
+    """The training pipeline's filter/resample/z-score (+ heart rate and SQI if asked).
+
+    The same functions as `pulsefm.pipeline`, applied to the whole (n, C, T) batch at once (scipy
+    filters along the last axis), which costs far fewer Python calls than a loop per segment.
+    """
+    x64 = x.astype(np.float64)
+    if x64.shape[1] != spec.channels:  # a single channel, repeated (validated before)
+        x64 = np.repeat(x64, spec.channels, axis=1)
+    filtered = fit_length(filter_and_resample(x64, fs, spec), spec.window)
+    flags: list[list[str]] = [[] for _ in range(len(x))]
+    hrs: list[float | None] = [None] * len(x)
+    sqis: list[float | None] = [None] * len(x)
+    if full_quality:
+        for i in range(len(x)):
+            q = check_segment(x64[i], fs, filtered[i], spec.fs, spec.modality)
+            flags[i] = list(q.reasons)
+            hrs[i] = None if not np.isfinite(q.heart_rate_bpm) else round(float(q.heart_rate_bpm), 2)
+            sqis[i] = None if not np.isfinite(q.sqi) else round(float(q.sqi), 3)
+    out = zscore(filtered) if spec.zscore else filtered
+    return Prepared(out.astype(np.float32), flags, hrs, sqis)

@@ -28,7 +28,9 @@ def test_repository_holds_both_modalities_with_cards() -> None:
         mv = versions[max(versions)]
         card = mv.encoder_card
         assert "SYNTHETIC" in card["training_data"]
-        assert card["preprocess_version"] == mv.spec.version  # the gateway's preprocessing is the one trained on
+        assert (
+            card["preprocess_version"] == mv.spec.version
+        )  # the gateway's preprocessing is the one trained on
         assert card["sha256"] == hashlib.sha256((mv.encoder_dir / C.MODEL_FILE).read_bytes()).hexdigest()
         assert mv.probes_card is not None and mv.probes_card["training_data"] == "synthetic"
         targets = [o["target"] for o in mv.outputs]
@@ -39,7 +41,7 @@ def test_repository_holds_both_modalities_with_cards() -> None:
 
 @pytest.mark.parametrize(("modality", "fs"), [("ppg", 64.0), ("ecg", 500.0)])
 def test_serve_answers_on_the_default_settings(modality: str, fs: float) -> None:
-    """`pulse-fm serve` with no settings: onnxruntime in-process on ./model_repository, no Redis, no Triton."""
+    """`pulse-fm serve` with no settings: onnxruntime in-process on ./model_repository, no Redis/Triton."""
     with TestClient(create_app(Settings())) as c:
         assert c.get("/readyz").status_code == 200
         x = raw_segments(modality, 2, fs)

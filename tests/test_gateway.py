@@ -251,3 +251,14 @@ def test_client_sync_and_async(repo) -> None:
                 return await ac.embed(x, "ecg", 250.0)
 
         np.testing.assert_allclose(asyncio.run(run()), emb, atol=1e-6)
+
+
+@pytest.mark.parametrize(("modality", "fs"), [("ppg", 64.0), ("ppg", 100.0), ("ecg", 360.0)])
+def test_gateway_preprocessing_is_the_training_pipeline(modality, fs) -> None:
+    from pulsefm.pipeline import process_array
+
+    spec = spec_for(modality)
+    x = raw_segments(modality, 3, fs)
+    got = preprocess(x, fs, spec).data
+    ref = np.stack([process_array(s, fs, spec, check=False).data[0] for s in x])
+    np.testing.assert_allclose(got, ref, atol=1e-6)
