@@ -15,7 +15,7 @@ import contextlib
 import functools
 import io
 import time
-from collections.abc import AsyncIterator, Coroutine, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Iterator
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -380,6 +380,22 @@ def create_app(
         quality["cached"] = [i not in miss for i in range(len(keys))]
         return mv, emb, quality
 
+    async def serve_segments(
+        request: Request,
+        endpoint: str,
+        then: Callable[[ModelVersion, np.ndarray], Awaitable[Any]] | None = None,
+    ) -> tuple[ModelVersion, np.ndarray, dict[str, Any], Any]:
+        """/embed and /predict: read + validate, admission bound, embeddings (cancelled on disconnect),
+        then `then(mv, emb)`, still inside the admission bound."""
+        state = state_of(request)
+        t0 = time.perf_counter()
+        batch = await read_batch(request)
+        STAGE_SECONDS.labels("validation", endpoint).observe(time.perf_counter() - t0)
+        with state.admit(len(batch.x)):
+            mv, emb, quality = await until_disconnect(request, embed_batch(state, batch, endpoint))
+            extra = await then(mv, emb) if then is not None else None
+        return mv, emb, quality, extra
+
     def model_info(mv: ModelVersion) -> dict[str, Any]:
         return {
             "modality": mv.modality,
@@ -408,12 +424,7 @@ def create_app(
         summary="256-d embeddings of PPG / ECG segments",
     )
     async def embed(request: Request) -> Response:
-        state = state_of(request)
-        t0 = time.perf_counter()
-        batch = await read_batch(request)
-        STAGE_SECONDS.labels("validation", "/v1/embed").observe(time.perf_counter() - t0)
-        with state.admit(len(batch.x)):
-            mv, emb, quality = await until_disconnect(request, embed_batch(state, batch, "/v1/embed"))
+        mv, emb, quality, _ = await serve_segments(request, "/v1/embed")
         if NPY in request.headers.get("accept", ""):
             buf = io.BytesIO()
             np.save(buf, emb)
@@ -436,17 +447,16 @@ def create_app(
     )
     async def predict(request: Request) -> Response:
         state = state_of(request)
-        t0 = time.perf_counter()
-        batch = await read_batch(request)
-        STAGE_SECONDS.labels("validation", "/v1/predict").observe(time.perf_counter() - t0)
-        with state.admit(len(batch.x)):
-            mv, emb, quality = await until_disconnect(request, embed_batch(state, batch, "/v1/predict"))
+
+        async def probes(mv: ModelVersion, emb: np.ndarray) -> np.ndarray:
             if not mv.outputs:
                 raise UnknownModel(f"{mv.modality} version {mv.version} has no probe heads")
             t1 = time.perf_counter()
-            both = np.concatenate([emb, emb.mean(axis=0, keepdims=True)])
-            out = await state.backend.predict(mv, both)
-        STAGE_SECONDS.labels("probes", "/v1/predict").observe(time.perf_counter() - t1)
+            out = await state.backend.predict(mv, np.concatenate([emb, emb.mean(axis=0, keepdims=True)]))
+            STAGE_SECONDS.labels("probes", "/v1/predict").observe(time.perf_counter() - t1)
+            return out
+
+        mv, _, quality, out = await serve_segments(request, "/v1/predict", probes)
         return JSONResponse(
             {
                 "model": model_info(mv),

@@ -41,6 +41,18 @@ def _params(modality: str, fs: float, model_version: int | None, quality: str) -
     return p
 
 
+def _request(
+    segments: np.ndarray, modality: str, fs: float, model_version: int | None, quality: str, npy_out: bool
+) -> dict[str, Any]:
+    """Keyword arguments of one POST (binary .npy body), shared by the sync and async clients."""
+    headers = {"Content-Type": NPY, "Accept": NPY} if npy_out else {"Content-Type": NPY}
+    return {
+        "content": _npy(segments),
+        "params": _params(modality, fs, model_version, quality),
+        "headers": headers,
+    }
+
+
 def _check(r: httpx.Response) -> httpx.Response:
     if r.status_code >= 400:
         try:
@@ -68,12 +80,7 @@ class PulseClient:
         model_version: int | None = None,
         quality: str = "basic",
     ) -> np.ndarray:
-        r = self.http.post(
-            "/v1/embed",
-            content=_npy(segments),
-            params=_params(modality, fs, model_version, quality),
-            headers={"Content-Type": NPY, "Accept": NPY},
-        )
+        r = self.http.post("/v1/embed", **_request(segments, modality, fs, model_version, quality, True))
         return _embeddings(r)
 
     def predict(
@@ -84,12 +91,7 @@ class PulseClient:
         model_version: int | None = None,
         quality: str = "basic",
     ) -> dict[str, Any]:
-        r = self.http.post(
-            "/v1/predict",
-            content=_npy(segments),
-            params=_params(modality, fs, model_version, quality),
-            headers={"Content-Type": NPY},
-        )
+        r = self.http.post("/v1/predict", **_request(segments, modality, fs, model_version, quality, False))
         return dict(_check(r).json())
 
     def models(self) -> dict[str, Any]:
@@ -122,10 +124,7 @@ class AsyncPulseClient:
         quality: str = "basic",
     ) -> np.ndarray:
         r = await self.http.post(
-            "/v1/embed",
-            content=_npy(segments),
-            params=_params(modality, fs, model_version, quality),
-            headers={"Content-Type": NPY, "Accept": NPY},
+            "/v1/embed", **_request(segments, modality, fs, model_version, quality, True)
         )
         return _embeddings(r)
 
@@ -138,10 +137,7 @@ class AsyncPulseClient:
         quality: str = "basic",
     ) -> dict[str, Any]:
         r = await self.http.post(
-            "/v1/predict",
-            content=_npy(segments),
-            params=_params(modality, fs, model_version, quality),
-            headers={"Content-Type": NPY},
+            "/v1/predict", **_request(segments, modality, fs, model_version, quality, False)
         )
         return dict(_check(r).json())
 
