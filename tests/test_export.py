@@ -223,3 +223,18 @@ def test_publish_is_atomic_for_readers_and_concurrent_publishers(artifacts, tmp_
     assert versions(repo / "ecg_encoder") == [1, 2, 3]
     assert not seen_partial
     assert not list(repo.rglob(".staging-*"))
+
+
+def test_embed_reads_an_exported_onnx_like_the_checkpoint(artifacts, tmp_path) -> None:
+    """`pulse-fm embed --model model.onnx` gives the checkpoint's embeddings (metadata from the exporter)."""
+    from training.embed import load_encoder
+    from training.export import build_encoder
+
+    build_encoder(artifacts["ecg"], tmp_path / "ecg")
+    onnx_enc = load_encoder(tmp_path / "ecg" / "model.onnx")
+    pt_enc = load_encoder(artifacts["ecg"])
+    assert (onnx_enc.modality, onnx_enc.preprocess_version) == (pt_enc.modality, pt_enc.preprocess_version)
+    x = parity_segments("ecg", 8)
+    np.testing.assert_allclose(onnx_enc(x), pt_enc(x), atol=PARITY_TOL)
+    with pytest.raises(ValueError, match="random-init"):
+        load_encoder(tmp_path / "ecg" / "model.onnx", random_init_seed=0)
