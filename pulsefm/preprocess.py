@@ -12,6 +12,7 @@ preprocessing (the embedding cache key, a model card, a segment store) records i
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 from dataclasses import asdict, dataclass
@@ -67,12 +68,17 @@ def spec_for(modality: Modality | str) -> PreprocessSpec:
     return SPECS[Modality(modality)]
 
 
+@functools.lru_cache(maxsize=256)
+def _butter_sos(order: int, low: float, high: float, fs: float) -> np.ndarray:
+    """Filter design, cached: it costs ~0.5 ms, as much as filtering a whole segment."""
+    return np.asarray(sps.butter(order, [low, high], btype="bandpass", fs=fs, output="sos"))
+
+
 def bandpass(x: np.ndarray, fs: float, band: tuple[float, float], order: int = 4) -> np.ndarray:
     """Zero-phase Butterworth bandpass along the last axis. The upper corner is clipped below Nyquist."""
     low, high = band
     high = min(high, 0.45 * fs)
-    sos = sps.butter(order, [low, high], btype="bandpass", fs=fs, output="sos")
-    return np.asarray(sps.sosfiltfilt(sos, x, axis=-1))
+    return np.asarray(sps.sosfiltfilt(_butter_sos(order, float(low), float(high), float(fs)), x, axis=-1))
 
 
 def resample(x: np.ndarray, fs_in: float, fs_out: float) -> np.ndarray:

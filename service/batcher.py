@@ -2,7 +2,9 @@
 
 Requests put their segments in the queue and await a future. The owner task takes the first
 waiting request, keeps taking until the batch holds `max_batch` segments or `max_wait_s` has
-passed, skips requests whose client has gone (their future was cancelled), and runs the
+passed (no wait at all when nothing else is queued and no batch is running: batching happens
+under load, an idle gateway adds no delay), skips requests whose client has gone (their future
+was cancelled), and runs the
 backend on the concatenation (at most `concurrency` batches in flight). The number of queued
 segments is bounded: past `max_queued`, `submit` raises `Overloaded` (HTTP 429 + Retry-After).
 """
@@ -96,7 +98,9 @@ class MicroBatcher:
             first = await self._next(None)
             assert first is not None
             batch, size = [first], len(first.x)
-            deadline = time.perf_counter() + self.max_wait_s
+            # nothing else waiting and no batch running: waiting would only add latency
+            idle = self.queue.empty() and self._carry is None and not self.running
+            deadline = time.perf_counter() + (0.0 if idle else self.max_wait_s)
             while size < self.max_batch:
                 item = await self._next(deadline - time.perf_counter())
                 if item is None:
