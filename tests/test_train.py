@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import json
 import os
 import socket
 from pathlib import Path
@@ -33,6 +34,10 @@ def test_tiny_training_loss_falls(small_store: Path, tmp_path: Path) -> None:
 def test_resume_is_exact(small_store: Path, tmp_path: Path) -> None:
     train(TEST_CFG, small_store, tmp_path / "straight", progress=False)
     train(TEST_CFG.replace(steps=3), small_store, tmp_path / "resumed", progress=False)
+    with (tmp_path / "resumed" / "metrics.jsonl").open(
+        "a"
+    ) as fh:  # logged after the checkpoint, then a crash
+        fh.write(json.dumps({"step": 4, "loss": -1.0}) + "\n")
     train(TEST_CFG, small_store, tmp_path / "resumed", progress=False)  # picks up at step 3
     a = torch.load(tmp_path / "straight" / "ckpt.pt", weights_only=False)
     b = torch.load(tmp_path / "resumed" / "ckpt.pt", weights_only=False)
@@ -41,6 +46,10 @@ def test_resume_is_exact(small_store: Path, tmp_path: Path) -> None:
         for k in a[part]:
             torch.testing.assert_close(a[part][k], b[part][k], rtol=0, atol=0, msg=f"{part}.{k}")
     assert a["optimizer"]["state"][0]["exp_avg"].equal(b["optimizer"]["state"][0]["exp_avg"])
+    steps = [m["step"] for m in read_metrics(tmp_path / "resumed") if "loss" in m]
+    assert steps == sorted(set(steps)) and all(
+        m.get("loss") != -1.0 for m in read_metrics(tmp_path / "resumed")
+    )
 
 
 def test_refuses_other_config_in_same_folder(small_store: Path, tmp_path: Path) -> None:

@@ -309,6 +309,12 @@ def train(
             f"({train_sampler.dropped} with < 2 segments left out), "
             f"{len(val_rows)} val segments; device {dev}, world {d.world}; store {store_path}"
         )
+    if d.main and start and (out / "metrics.jsonl").is_file():
+        # lines logged after the checkpoint we resume from are replayed: drop them, no duplicates
+        kept = [m for m in read_metrics(out) if m["step"] <= start]
+        atomic_write(
+            out / "metrics.jsonl", lambda tmp: tmp.write_text("".join(json.dumps(m) + "\n" for m in kept))
+        )
     metrics_file = (out / "metrics.jsonl").open("a") if d.main else None
     last: dict[str, Any] = {}
 
