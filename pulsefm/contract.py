@@ -14,6 +14,7 @@ in the probes model's card (`card.json`, key "outputs"), in column order.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 from pulsefm.preprocess import spec_for
 from pulsefm.records import Modality
@@ -86,3 +87,10 @@ def probes_contract(modality: Modality | str, n_outputs: int) -> ModelContract:
         input=Tensor(PROBES_INPUT, (EMBED_DIM,)),
         output=Tensor(PROBES_OUTPUT, (n_outputs,)),
     )
+
+
+def versions_on_disk(model_dir: Path) -> list[int]:
+    """Published versions of one model (numeric sub-folders holding a model file), ascending."""
+    if not model_dir.is_dir():
+        return []
+    return sorted(int(p.name) for p in model_dir.iterdir() if p.name.isdigit() and (p / MODEL_FILE).is_file())

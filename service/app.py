@@ -40,6 +40,7 @@ from service.signals import (
     Batch,
     Limits,
     PayloadTooLarge,
+    Problem,
     ValidationFailed,
     check_array,
     decode_binary,
@@ -236,19 +237,15 @@ def parse_batch(body: bytes, ctype: str, shape: str | None, q: dict[str, str], l
         version, quality = doc.get("model_version"), doc.get("quality", "basic")
     else:
         raise ValidationFailed(
-            [
-                schemas.problem(
-                    "content_type", f"unsupported content type {ctype!r}; use {JSON}, {NPY} or {RAW}"
-                )
-            ]
+            [Problem("content_type", f"unsupported content type {ctype!r}; use {JSON}, {NPY} or {RAW}")]
         )
     if quality not in ("basic", "full"):
-        raise ValidationFailed([schemas.problem("quality", "quality must be 'basic' or 'full'")])
+        raise ValidationFailed([Problem("quality", "quality must be 'basic' or 'full'")])
     try:
         v = int(version) if version not in (None, "") else None
     except (TypeError, ValueError):
         raise ValidationFailed(
-            [schemas.problem("model_version", f"model_version must be an integer, got {version!r}")]
+            [Problem("model_version", f"model_version must be an integer, got {version!r}")]
         ) from None
     return Batch(modality, fs, check_array(arr, modality, fs, limits), v, quality)
 

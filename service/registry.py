@@ -59,9 +59,7 @@ class ModelVersion:
 
 def served_versions(model_dir: Path) -> list[int]:
     """Versions on disk filtered by config.pbtxt's version_policy (latest K / specific list)."""
-    on_disk = sorted(
-        int(p.name) for p in model_dir.iterdir() if p.name.isdigit() and (p / C.MODEL_FILE).is_file()
-    )
+    on_disk = C.versions_on_disk(model_dir)
     cfg_path = model_dir / "config.pbtxt"
     text = cfg_path.read_text() if cfg_path.is_file() else ""
     specific = re.search(r"specific\s*:\s*\{\s*versions\s*:\s*\[([^\]]*)\]", text)

@@ -7,8 +7,6 @@ from typing import Any
 import numpy as np
 from pydantic import BaseModel, Field
 
-from service.signals import Problem
-
 
 class EmbedRequest(BaseModel):
     modality: str = Field(description='"ppg" (4 channels x 60 s) or "ecg" (1 lead x 30 s)', examples=["ecg"])
@@ -107,10 +105,6 @@ REQUEST_BODY: dict[str, Any] = {
         {"name": "quality", "in": "query", "required": False, "schema": {"type": "string"}},
     ],
 }
-
-
-def problem(reason: str, detail: str) -> Problem:
-    return Problem(reason, detail)
 
 
 def quality_rows(q: dict[str, Any]) -> list[dict[str, Any]]:

@@ -34,13 +34,36 @@ EMBEDDING = "embedding"
 CALIBRATION_SEGMENTS = 512  # random-init baselines: BatchNorm statistics from this many segments
 
 
-def file_digest(path: str | Path, n: int = 12) -> str:
-    """First `n` hex digits of the file's sha256: the identity of a model file."""
+def file_sha256(path: str | Path) -> str:
     h = hashlib.sha256()
     with Path(path).open("rb") as fh:
         for block in iter(lambda: fh.read(1 << 20), b""):
             h.update(block)
-    return h.hexdigest()[:n]
+    return h.hexdigest()
+
+
+def file_digest(path: str | Path, n: int = 12) -> str:
+    """First `n` hex digits of the file's sha256: the identity of a model file."""
+    return file_sha256(path)[:n]
+
+
+def load_artifact(path: str | Path) -> dict[str, Any]:
+    """An `encoder.pt` written by `pulse-fm train`, checked to be one."""
+    import torch
+
+    art = torch.load(path, map_location="cpu", weights_only=False)
+    if not isinstance(art, dict) or art.get("kind") != "pulse-fm-encoder":
+        raise ValueError(f"{path}: not a pulse-fm encoder artifact (train writes RUN/encoder.pt)")
+    return art
+
+
+def encoder_net(artifact: dict[str, Any]) -> Any:
+    """The artifact's trained EfficientNet1d, in eval mode."""
+    from training.model import EfficientNet1d, EncoderConfig
+
+    net = EfficientNet1d(EncoderConfig.from_dict(artifact["encoder_config"]))
+    net.load_state_dict(artifact["state_dict"])
+    return net.eval()
 
 
 @dataclass
@@ -112,8 +135,7 @@ def torch_encoder(artifact: dict[str, Any], version: str, random_init_seed: int 
         def calibrate(x: np.ndarray) -> None:
             calibrate_batchnorm(net, x)
     else:
-        net = EfficientNet1d(cfg)
-        net.load_state_dict(artifact["state_dict"])
+        net = encoder_net(artifact)
     return Encoder(
         modality=str(artifact["modality"]),
         preprocess_version=str(artifact["preprocess"]["version"]),
@@ -157,12 +179,7 @@ def load_encoder(path: str | Path, random_init_seed: int | None = None) -> Encod
             raise ValueError("--random-init needs an encoder.pt (the architecture comes from it)")
         enc = onnx_encoder(path)
     else:
-        import torch
-
-        artifact = torch.load(path, map_location="cpu", weights_only=False)
-        if not isinstance(artifact, dict) or artifact.get("kind") != "pulse-fm-encoder":
-            raise ValueError(f"{path}: not a pulse-fm encoder artifact (train writes RUN/encoder.pt)")
-        enc = torch_encoder(artifact, file_digest(path), random_init_seed)
+        enc = torch_encoder(load_artifact(path), file_digest(path), random_init_seed)
     enc.path = str(path)
     return enc
 

@@ -18,7 +18,6 @@ execution provider (FP16) on GPU instances. It is only exercised where a GPU exi
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import sys
 import tempfile
@@ -34,17 +33,10 @@ import numpy as np
 from pulsefm import contract as C
 from pulsefm.preprocess import spec_for
 from pulsefm.records import Modality
+from training.embed import encoder_net, file_digest, file_sha256, load_artifact
 
 PARITY_TOL = 1e-4
 _EXPORT_LOCK = threading.Lock()  # torch.onnx.export (dynamo tracing) is not thread-safe
-
-
-def sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with path.open("rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def _stamp(model: Any, meta: dict[str, str]) -> None:
@@ -57,30 +49,13 @@ def _stamp(model: Any, meta: dict[str, str]) -> None:
     onnx.checker.check_model(model)
 
 
-def load_artifact(path: str | Path) -> dict[str, Any]:
-    import torch
-
-    art = torch.load(path, map_location="cpu", weights_only=False)
-    if not isinstance(art, dict) or art.get("kind") != "pulse-fm-encoder":
-        raise ValueError(f"{path}: not a pulse-fm encoder artifact (train writes RUN/encoder.pt)")
-    return art
-
-
-def torch_encoder(art: dict[str, Any]) -> Any:
-    from training.model import EfficientNet1d, EncoderConfig
-
-    net = EfficientNet1d(EncoderConfig.from_dict(art["encoder_config"]))
-    net.load_state_dict(art["state_dict"])
-    return net.eval()
-
-
 def export_encoder(art: dict[str, Any], out: Path, meta: dict[str, str]) -> None:
     """The encoder in eval mode as ONNX with a dynamic batch axis."""
     import onnx
     import torch
 
     contract = C.encoder_contract(art["modality"])
-    net = torch_encoder(art)
+    net = encoder_net(art)
     example = torch.randn(2, *contract.input.dims)
     with tempfile.TemporaryDirectory() as tmp, _EXPORT_LOCK, warnings.catch_warnings():
         warnings.simplefilter("ignore", FutureWarning)
@@ -206,7 +181,7 @@ def encoder_parity(art: dict[str, Any], onnx_path: Path, x: np.ndarray) -> float
     """max |ORT - PyTorch eval| over `x` at batch 1 and at full batch."""
     import torch
 
-    net = torch_encoder(art)
+    net = encoder_net(art)
     sess = ort_session(onnx_path)
     contract = C.encoder_contract(art["modality"])
     worst = 0.0
@@ -303,7 +278,7 @@ def encoder_card(art: dict[str, Any], meta: dict[str, str], onnx_path: Path, par
         "train_step": art.get("step"),
         "source_encoder_pt_sha256_12": meta["source_digest"],
         "onnx_parity_max_abs_diff": parity,
-        "sha256": sha256(onnx_path),
+        "sha256": file_sha256(onnx_path),
         "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
 
@@ -328,15 +303,13 @@ def probes_card(doc: dict[str, Any], meta: dict[str, str], onnx_path: Path, pari
             for h in doc["probes"]
         ],
         "onnx_parity_max_abs_diff": parity,
-        "sha256": sha256(onnx_path),
+        "sha256": file_sha256(onnx_path),
         "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
 
 
 def build_encoder(encoder_pt: Path, dest: Path) -> dict[str, Any]:
     """dest/model.onnx + dest/card.json for an encoder, parity-checked. Returns the card."""
-    from training.embed import file_digest
-
     art = load_artifact(encoder_pt)
     meta = encoder_meta(art, file_digest(encoder_pt))
     dest.mkdir(parents=True, exist_ok=True)

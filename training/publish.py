@@ -40,17 +40,11 @@ from pathlib import Path
 from typing import Any
 
 from pulsefm import contract as C
-from training.export import build_encoder, build_probes, config_pbtxt, load_artifact
+from training.embed import load_artifact
+from training.export import build_encoder, build_probes, config_pbtxt
 from training.store import atomic_write
 
-
-def versions(model_dir: Path) -> list[int]:
-    """Published versions (numeric sub-folders holding a model file), ascending."""
-    if not model_dir.is_dir():
-        return []
-    return sorted(
-        int(p.name) for p in model_dir.iterdir() if p.name.isdigit() and (p / C.MODEL_FILE).is_file()
-    )
+versions = C.versions_on_disk  # the one definition lives in the contract (the gateway reads it too)
 
 
 @contextmanager
