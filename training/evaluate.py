@@ -56,10 +56,12 @@ REAL_OVERLAP = 0.5
 
 
 def effective_rank(x: np.ndarray) -> float:
-    """exp(entropy of the normalised singular values) of centred rows."""
-    s = np.linalg.svd(x - x.mean(0), compute_uv=False)
-    p = s / max(float(s.sum()), 1e-12)
-    return float(np.exp(-(p * np.log(np.maximum(p, 1e-12))).sum()))
+    """training.train.effective_rank (the one logged during training) on a numpy array."""
+    import torch
+
+    from training.train import effective_rank as rank
+
+    return rank(torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32)))
 
 
 def feature_sets(
