@@ -19,6 +19,7 @@ from training.probe import (
     fit,
     fold_linear,
     held_out_participants,
+    paired_improvement,
     predict,
     run_probes,
 )
@@ -106,6 +107,23 @@ def test_bootstrap_resamples_whole_participants() -> None:
     ci = bootstrap(y, pred, groups, "regression", n=300, seed=0)
     lo, hi = ci["mae"]
     assert lo == 0.0 and hi == 10.0  # only 0, 5 or 10 are possible when participants move as units
+
+
+def test_paired_improvement_separates_a_better_encoder_from_an_equal_one() -> None:
+    """The evaluation's done-criterion: SSL 'clearly' beats random-init only when the paired CI > 0."""
+    table, x = _table(n_participants=80)
+    rng = np.random.default_rng(1)
+    noisy = x + rng.normal(0, 3.0, x.shape).astype(np.float32)  # same signal, buried in noise
+    targets = ["age", "sex", "heart_rate"]
+    good, bad, same = (run_probes(table, f, targets, 0.3, 0, 200) for f in (x, noisy, x))
+    for g, b, s in zip(good, bad, same, strict=True):
+        win = paired_improvement(g, b, 300, 0)
+        assert win["clearly_better"] and win["ci95"][0] > 0 and win["improvement"] > 0, win
+        tie = paired_improvement(g, s, 300, 0)
+        assert tie["improvement"] == 0.0 and not tie["clearly_better"]
+        assert not paired_improvement(b, g, 300, 0)["clearly_better"]  # direction matters
+    with pytest.raises(ValueError, match="same test rows"):
+        paired_improvement(good[0], run_probes(table, x, ["age"], 0.3, 1, 50)[0])
 
 
 def test_aggregate_is_the_participant_mean() -> None:
@@ -203,3 +221,22 @@ def test_embed_recordings_folder_lists_rejects(tmp_path, tiny_encoder_pt) -> Non
     assert (rejects["recording_id"].str.endswith("flat.npy")).all() and "flat_line" in rejects[
         "reasons"
     ].iloc[0]
+
+
+def test_evaluate_cli_reports_the_paired_verdict(small_store, tiny_encoder_pt, tmp_path) -> None:
+    from training.evaluate import main as evaluate_main
+
+    out = tmp_path / "report"
+    argv = ["--encoder", tiny_encoder_pt, "--store", str(small_store), "--out", str(out)]
+    assert evaluate_main([*argv, "--bootstrap", "50", "--no-real"]) == 0
+    res = json.loads((out / "results.json").read_text())["results"][0]
+    assert res["synthetic"] and set(res["probes"]) == {"ssl", "random_init", "hr_hrv", "true_params"}
+    verdicts = res["ssl_vs_random_init"]
+    assert [v["target"] for v in verdicts] == [r["target"] for r in res["probes"]["ssl"]]
+    for v in verdicts:
+        assert v["clearly_better"] == (v["ci95"][0] > 0)
+    wins = sum(v["clearly_better"] for v in verdicts)
+    page = (out / "report.html").read_text()
+    assert "SYNTHETIC" in page and f"on <b>{wins} of {len(verdicts)}</b> targets" in page
+    assert f"on {wins} of {len(verdicts)} targets" in (out / "results.md").read_text()
+    assert json.loads((out / "probes_ppg.json").read_text())["probes"]

@@ -34,7 +34,7 @@ import pandas as pd
 from pulsefm.preprocess import spec_for
 from training.baselines import hrv_matrix, true_params
 from training.embed import Encoder, aggregate, embed_batches, embed_store, embedding_matrix, load_encoder
-from training.probe import TARGETS, ProbeResult, run_probes
+from training.probe import TARGETS, ProbeResult, paired_improvement, run_probes
 
 # real recordings per modality: (name in pulsefm.datasets.REAL_FILES, channel to use or None)
 REAL_SETS: dict[str, list[tuple[str, str | None]]] = {
@@ -216,6 +216,11 @@ def evaluate_modality(
         "participants": int(table["participant_id"].nunique()),
         "effective_rank": {"ssl": effective_rank(ssl), "random_init": effective_rank(rand)},
         "probes": {name: [result_row(r) for r in rs] for name, rs in probes.items()},
+        # the done-criterion: SSL vs random-init on identical test participants, paired bootstrap
+        "ssl_vs_random_init": [
+            paired_improvement(a, b, n_boot, seed)
+            for a, b in zip(probes["ssl"], probes["random_init"], strict=True)
+        ],
         "_results": probes,  # not serialised: for plots
         "_pca": per_participant,
     }
@@ -234,25 +239,36 @@ def markdown_table(results: list[dict[str, Any]]) -> str:
     lines: list[str] = []
     for res in results:
         tag = " (SYNTHETIC cohort)" if res["synthetic"] else ""
+        shown = [n for n in names if n in res["probes"]]
         lines += [
             f"**{res['modality'].upper()}**{tag}: {res['participants']} participants, "
             f"{res['segments']} segments; encoder {res['encoder_version']}",
             "",
-            "| target | metric | " + " | ".join(n for n in names if n in res["probes"]) + " |",
-            "|---|---|" + "---|" * sum(n in res["probes"] for n in names),
+            "| target | metric | " + " | ".join(shown) + " | ssl better by (paired) | clearly |",
+            "|---|---|" + "---|" * (len(shown) + 2),
         ]
         for i, row in enumerate(res["probes"]["ssl"]):
             metric = "mae" if row["kind"] == "regression" else "auc"
             cells = []
-            for n in names:
-                if n not in res["probes"]:
-                    continue
+            for n in shown:
                 r = res["probes"][n][i]
                 lo, hi = r["ci95"][metric]
                 cells.append(f"{r['metrics'][metric]:.3g} [{lo:.3g}, {hi:.3g}]")
+            cmp = res["ssl_vs_random_init"][i]
+            lo, hi = cmp["ci95"]
+            cells += [
+                f"{cmp['improvement']:.3g} [{lo:.3g}, {hi:.3g}]",
+                "yes" if cmp["clearly_better"] else "no",
+            ]
             unit = f" ({row['units']})" if metric == "mae" else ""
             lines.append(f"| {row['target']} | {metric.upper()}{unit} | " + " | ".join(cells) + " |")
-        lines.append("")
+        wins = sum(c["clearly_better"] for c in res["ssl_vs_random_init"])
+        lines += [
+            "",
+            f"SSL clearly beats random-init (95% CI of the paired improvement above 0) on "
+            f"{wins} of {len(res['ssl_vs_random_init'])} targets.",
+            "",
+        ]
     return "\n".join(lines)
 
 

@@ -25,7 +25,7 @@ import argparse
 import json
 import sys
 import warnings
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -137,17 +137,22 @@ def metrics(y: np.ndarray, pred: np.ndarray, kind: str) -> dict[str, float]:
     return {"auc": float(roc_auc_score(y, pred))}
 
 
-def bootstrap(
-    y: np.ndarray, pred: np.ndarray, groups: np.ndarray, kind: str, n: int = 1000, seed: int = 0
-) -> dict[str, tuple[float, float]]:
-    """95% percentile intervals, resampling participants (all of a participant's rows together)."""
+def _participant_resamples(groups: np.ndarray, n: int, seed: int) -> Iterator[np.ndarray]:
+    """`n` bootstrap row indices, resampling participants (all of a participant's rows together)."""
     codes, uniq = pd.factorize(groups)
     members = [np.flatnonzero(codes == k) for k in range(len(uniq))]
     rng = np.random.default_rng(seed)
-    draws: dict[str, list[float]] = {}
     for _ in range(n):
         pick = rng.integers(0, len(uniq), len(uniq))
-        idx = np.concatenate([members[k] for k in pick])
+        yield np.concatenate([members[k] for k in pick])
+
+
+def bootstrap(
+    y: np.ndarray, pred: np.ndarray, groups: np.ndarray, kind: str, n: int = 1000, seed: int = 0
+) -> dict[str, tuple[float, float]]:
+    """95% percentile intervals over participant resamples."""
+    draws: dict[str, list[float]] = {}
+    for idx in _participant_resamples(groups, n, seed):
         for name, value in metrics(y[idx], pred[idx], kind).items():
             draws.setdefault(name, []).append(value)
     return {
@@ -176,11 +181,17 @@ class ProbeResult:
     intercept: float = 0.0
     test_y: list[float] = field(default_factory=list, repr=False)
     test_pred: list[float] = field(default_factory=list, repr=False)
+    test_groups: list[str] = field(default_factory=list, repr=False)
+
+    @property
+    def metric(self) -> str:
+        """The headline metric: MAE (lower is better) or AUC (higher is better)."""
+        return "mae" if self.kind == REGRESSION else "auc"
 
     def head(self) -> dict[str, Any]:
         d = asdict(self)
-        d.pop("test_y")
-        d.pop("test_pred")
+        for k in ("test_y", "test_pred", "test_groups"):
+            d.pop(k)
         return d
 
 
@@ -230,7 +241,32 @@ def run_probe(
         intercept=float(np.ravel(pipe.named_steps["model"].intercept_)[0]),
         test_y=[float(v) for v in test.y],
         test_pred=[float(v) for v in pred],
+        test_groups=[str(g) for g in test.groups],
     )
+
+
+def paired_improvement(a: ProbeResult, b: ProbeResult, n: int = 1000, seed: int = 0) -> dict[str, Any]:
+    """How much better `a` is than `b` on the same test rows (MAE: b - a; AUC: a - b), with a 95% CI
+    from a paired bootstrap over participants (one resample scores both). `clearly_better` when the
+    interval lies above zero: the criterion the evaluation applies to SSL vs random-init."""
+    if a.target != b.target or a.test_y != b.test_y or a.test_groups != b.test_groups:
+        raise ValueError(f"{a.target} vs {b.target}: not the same test rows")
+    y, pa, pb = (np.asarray(v) for v in (a.test_y, a.test_pred, b.test_pred))
+    sign = -1.0 if a.kind == REGRESSION else 1.0
+    metric = a.metric
+
+    def gain(idx: np.ndarray) -> float:
+        return sign * (metrics(y[idx], pa[idx], a.kind)[metric] - metrics(y[idx], pb[idx], a.kind)[metric])
+
+    draws = [gain(idx) for idx in _participant_resamples(np.asarray(a.test_groups), n, seed)]
+    lo, hi = float(np.nanpercentile(draws, 2.5)), float(np.nanpercentile(draws, 97.5))
+    return {
+        "target": a.target,
+        "metric": metric,
+        "improvement": gain(np.arange(y.size)),
+        "ci95": (lo, hi),
+        "clearly_better": lo > 0,
+    }
 
 
 def run_probes(
@@ -256,7 +292,7 @@ def run_probes(
 
 def format_metric(r: ProbeResult) -> str:
     """'MAE 4.12 [3.80, 4.51] y' / 'AUC 0.81 [0.74, 0.88]'."""
-    name = "mae" if r.kind == REGRESSION else "auc"
+    name = r.metric
     lo, hi = r.ci95[name]
     unit = f" {r.units}" if r.kind == REGRESSION else ""
     return f"{name.upper()} {r.metrics[name]:.3g} [{lo:.3g}, {hi:.3g}]{unit}"

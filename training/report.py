@@ -108,12 +108,25 @@ def _cell(row: dict[str, Any]) -> str:
 def _probe_table(res: dict[str, Any]) -> str:
     names = [n for n in SET_LABELS if n in res["probes"]]
     head = "".join(f"<th>{SET_LABELS[n]}</th>" for n in names)
+    head += "<th>SSL better than random-init by<br><small>(paired bootstrap)</small></th>"
     body = []
     for i, row in enumerate(res["probes"]["ssl"]):
         metric = "MAE (" + row["units"] + ", lower is better)" if row["kind"] == REGRESSION else "AUC"
         cells = "".join(f"<td>{_cell(res['probes'][n][i])}</td>" for n in names)
+        cmp = res["ssl_vs_random_init"][i]
+        lo, hi = cmp["ci95"]
+        verdict = "clearly" if cmp["clearly_better"] else "not clearly"
+        cells += (
+            f"<td class='{verdict.replace(' ', '-')}'>{cmp['improvement']:.3g} "
+            f"<small>[{lo:.3g}, {hi:.3g}]</small><br><small>{verdict}</small></td>"
+        )
         body.append(f"<tr><th>{row['target']}</th><td>{html.escape(metric)}</td>{cells}</tr>")
-    return f"<table><tr><th>target</th><th>metric</th>{head}</tr>{''.join(body)}</table>"
+    wins = sum(c["clearly_better"] for c in res["ssl_vs_random_init"])
+    return (
+        f"<table><tr><th>target</th><th>metric</th>{head}</tr>{''.join(body)}</table>"
+        f"<p>SSL clearly beats random-init (95% CI of the paired improvement above 0) on "
+        f"<b>{wins} of {len(res['ssl_vs_random_init'])}</b> targets.</p>"
+    )
 
 
 def _ablation_table(ab: dict[str, Any]) -> str:
@@ -157,7 +170,8 @@ def _real_section(real: dict[str, Any]) -> str:
 CSS = """
 body{font-family:system-ui,sans-serif;max-width:1200px;margin:2em auto;padding:0 1em;color:#222}
 table{border-collapse:collapse;margin:1em 0}td,th{border:1px solid #ccc;padding:4px 8px;text-align:right}
-th{background:#f4f4f4}.synthetic{background:#fff3cd;border:1px solid #e0c36c;padding:.6em 1em}
+th{background:#f4f4f4}.clearly{background:#e6f4ea}.not-clearly{background:#fdecea}
+.synthetic{background:#fff3cd;border:1px solid #e0c36c;padding:.6em 1em}
 img{max-width:100%;border:1px solid #eee;margin:.5em 0}small{color:#666}
 """
 
