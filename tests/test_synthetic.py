@@ -28,6 +28,15 @@ def test_attributes_drive_physiology() -> None:
     # older participants: lower HRV and stiffer arteries (stronger pulse reflection)
     assert np.corrcoef(age, [p.hrv_std for p in ps])[0, 1] < -0.5
     assert np.corrcoef(age, [p.reflection for p in ps])[0, 1] > 0.5
+    # sex and BMI shape the waveform, not only its amplitude (which per-segment z-scoring removes):
+    # taller men -> later reflected wave, women -> larger reflection and longer QT (T wave later)
+    male = np.array([p.sex for p in ps]) == 1
+    for name, sign in (("reflection_delay_s", 1), ("height_cm", 1), ("reflection", -1), ("t_angle", -1)):
+        v = np.array([getattr(p, name) for p in ps])
+        assert sign * (v[male].mean() - v[~male].mean()) > 0, name
+    bmi = np.array([p.bmi for p in ps])
+    assert np.corrcoef(bmi, [p.perfusion for p in ps])[0, 1] < -0.5  # lower SNR at the sensor
+    assert np.corrcoef(bmi, [p.tissue_cutoff_scale for p in ps])[0, 1] < -0.5  # smoother pulse
 
 
 def test_records_are_model_ready_with_true_heart_rate() -> None:

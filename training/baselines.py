@@ -21,7 +21,15 @@ HRV_FEATURES = ("hr_mean", "hr_median", "ibi_sd_ms", "rmssd_ms", "pnn50", "ibi_i
 # simulator parameters of training.synthetic.Participant that shape each modality's signal
 # (not the attributes being predicted): the upper bound uses only what the signal could carry
 TRUE_PARAMS: dict[str, tuple[str, ...]] = {
-    "ppg": ("hr_rest", "hrv_std", "lfhf", "reflection", "reflection_delay_s", "perfusion"),
+    "ppg": (
+        "hr_rest",
+        "hrv_std",
+        "lfhf",
+        "reflection",
+        "reflection_delay_s",
+        "perfusion",
+        "tissue_cutoff_scale",
+    ),
     "ecg": ("hr_rest", "hrv_std", "lfhf", "r_amp", "qrs_width", "t_amp", "t_angle"),
 }
 

@@ -6,12 +6,19 @@ must be labelled *synthetic*.
 
     attributes  age ~ U(18, 80); sex ~ Bernoulli(0.5) (1 = male);
                 BMI ~ N(22 + 0.06 (age - 18) + 0.8 sex, 3.5) clipped to [16, 45];
+                height ~ N(176 cm if male else 163 cm, 7 cm);
                 condition ~ Bernoulli(sigmoid(-3.5 + 0.05 (age - 18) + 0.15 (BMI - 25)))
     physiology  resting HR, HRV, LF/HF ratio, ECG P-QRS-T angles / amplitudes / widths (neurokit2
-                ecgsyn), PPG pulse reflection (arterial stiffness) and perfusion, each a smooth
-                function of the attributes plus a per-participant random effect
-    recordings  several per participant, each with its own HR offset, motion, drift and
-                (optionally) real noise from the MIT-BIH Noise Stress Test bank
+                ecgsyn; women: longer QT), PPG pulse reflection (arterial stiffness), each a smooth
+                function of the attributes plus a per-participant random effect. The PPG's
+                reflected wave arrives height / stiffness-index seconds after the direct one
+                (Millasseau's SI: taller -> later, older or stiffer -> earlier) and is larger in
+                women; BMI lowers perfusion, so the optical signal sits closer to the sensor's
+                noise floor, and thicker tissue low-passes the pulse. These act on the waveform's
+                shape, so they survive the per-segment z-scoring that removes plain amplitudes.
+    recordings  several per participant, each with its own HR offset, electrode placement
+                (ECG wave amplitudes +-5%), motion, drift and (optionally) real noise from the
+                MIT-BIH Noise Stress Test bank
 
 Deterministic by seed: participant i of seed s always has the same attributes and signals.
 """
@@ -51,6 +58,7 @@ class Participant:
     sex: int  # 1 = male
     bmi: float
     condition: int
+    height_cm: float
     # simulator parameters (the "true" physiology; an upper bound for probes)
     hr_rest: float
     hrv_std: float
@@ -62,6 +70,7 @@ class Participant:
     reflection: float
     reflection_delay_s: float
     perfusion: float
+    tissue_cutoff_scale: float  # optical low-pass of the tissue: < 1 = smoother pulse
     channel_gain: tuple[float, ...] = field(default=(1.0, 1.0, 1.0, 1.0))
 
     def labels(self) -> dict[str, float | int | str]:
@@ -81,13 +90,19 @@ def sample_participant(seed: int, index: int) -> Participant:
     bmi = float(np.clip(rng.normal(22 + 0.06 * (age - 18) + 0.8 * sex, 3.5), 16, 45))
     p_cond = 1 / (1 + np.exp(-(-3.5 + 0.05 * (age - 18) + 0.15 * (bmi - 25))))
     condition = int(rng.random() < p_cond)
+    height = float(np.clip(rng.normal(176 if sex else 163, 7), 145, 205))
     a, b = (age - 50) / 20, (bmi - 25) / 5  # standardised-ish
+    # stiffness index (m/s): rises with age and disease; reflected wave after height / SI seconds
+    stiffness = float(
+        np.clip(5.5 + 0.09 * (age - 18) + 0.8 * condition + 0.2 * b + rng.normal(0, 0.4), 4, 14)
+    )
     return Participant(
         participant_id=f"syn{seed:03d}-{index:06d}",
         age=round(age, 2),
         sex=sex,
         bmi=round(bmi, 2),
         condition=condition,
+        height_cm=round(height, 1),
         hr_rest=float(
             np.clip(70 - 3 * a + 3 * (1 - sex) + 2.5 * b + 5 * condition + rng.normal(0, 5), 45, 110)
         ),
@@ -95,15 +110,18 @@ def sample_participant(seed: int, index: int) -> Participant:
         lfhf=float(np.clip(0.6 + 0.25 * a + 0.3 * condition + rng.normal(0, 0.1), 0.2, 2.0)),
         r_amp=float(np.clip(30 * (1 - 0.1 * b + 0.08 * sex) + rng.normal(0, 2), 15, 45)),
         qrs_width=float(np.clip(0.1 * (1 + 0.08 * sex + 0.05 * b) + rng.normal(0, 0.005), 0.07, 0.14)),
-        t_amp=float(np.clip(0.75 - 0.12 * a - 0.25 * condition + rng.normal(0, 0.08), 0.1, 1.5)),
-        t_angle=float(np.clip(100 + 6 * a + rng.normal(0, 4), 80, 130)),
+        t_amp=float(np.clip(0.75 - 0.12 * a - 0.25 * condition + 0.1 * sex + rng.normal(0, 0.08), 0.1, 1.5)),
+        t_angle=float(np.clip(100 + 6 * a + 5 * (1 - sex) + rng.normal(0, 4), 80, 135)),
         reflection=float(
-            np.clip(0.35 + 0.12 * a + 0.1 * condition + 0.03 * b + rng.normal(0, 0.04), 0.05, 0.9)
+            np.clip(
+                0.35 + 0.12 * a + 0.1 * condition + 0.03 * b + 0.08 * (1 - sex) + rng.normal(0, 0.04),
+                0.05,
+                0.9,
+            )
         ),
-        reflection_delay_s=float(
-            np.clip(0.25 - 0.04 * a - 0.02 * condition + rng.normal(0, 0.01), 0.12, 0.35)
-        ),
-        perfusion=float(np.clip(1.0 - 0.12 * b - 0.05 * a + rng.normal(0, 0.08), 0.3, 1.6)),
+        reflection_delay_s=float(np.clip(height / 100 / stiffness, 0.1, 0.4)),
+        perfusion=float(np.clip(1.0 - 0.15 * b - 0.05 * a + rng.normal(0, 0.08), 0.3, 1.6)),
+        tissue_cutoff_scale=float(np.clip(1.0 - 0.08 * b + rng.normal(0, 0.03), 0.6, 1.3)),
         channel_gain=tuple(float(g) for g in rng.uniform([0.9, 0.8, 0.4, 0.5], [1.1, 1.0, 0.7, 0.9])),
     )
 
@@ -139,7 +157,7 @@ def _ecg(
 
     hr = float(np.clip(p.hr_rest + rng.normal(0, 4), 40, 130))
     ti = (-70, -15, 0, 15, p.t_angle)
-    ai = (1.2, -5, p.r_amp, -7.5, p.t_amp)
+    ai = tuple(np.array((1.2, -5, p.r_amp, -7.5, p.t_amp)) * rng.normal(1, 0.05, 5))  # electrode placement
     bi = (0.25, 0.1, p.qrs_width, 0.1, 0.4)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
@@ -202,13 +220,15 @@ def _ppg(
     lag = round(p.reflection_delay_s * fs)
     pulse = base.copy()
     pulse[lag:] += p.reflection * base[:-lag]  # reflected wave: stiffer arteries -> larger, earlier
-    pulse = (pulse - pulse.mean()) * p.perfusion
+    pulse = pulse - pulse.mean()
+    floor = np.std(pulse)  # the sensor's noise floor, fixed: low perfusion -> lower SNR
+    pulse = pulse * p.perfusion
     chans = []
     for c, gain in enumerate(p.channel_gain):
-        cutoff = (6.0, 5.5, 4.0, 4.5)[c]  # deeper-penetrating wavelengths look smoother
+        cutoff = (6.0, 5.5, 4.0, 4.5)[c] * p.tissue_cutoff_scale  # deeper wavelengths look smoother
         sos = sps.butter(2, cutoff, fs=fs, output="sos")
         y = gain * sps.sosfiltfilt(sos, np.roll(pulse, c))
-        y = y + rng.normal(0, 0.03 + 0.02 * c, n) * np.std(y)
+        y = y + rng.normal(0, 0.03 + 0.02 * c, n) * gain * floor
         chans.append(y)
     x = np.stack(chans)
     if bank is not None:
