@@ -3,8 +3,8 @@ PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
-STORE  ?= stores/syn200
-EVAL   ?= stores/syneval
+STORE  ?= stores/syn400
+EVAL   ?= stores/syneval400
 REPO   ?= model_repository
 STEPS  ?= 1000
 
@@ -25,13 +25,15 @@ run: install
 
 ## pretraining demo: a SYNTHETIC cohort -> segment store -> tiny pretraining (~6 min on 2 cores)
 pretrain: install
-	$(BIN)/pulse-fm prepare --synthetic 200 --out $(STORE)
-	$(BIN)/pulse-fm train --preset tiny --store $(STORE) --out runs/tiny
+	$(BIN)/pulse-fm prepare --synthetic 200 --out stores/syn200
+	$(BIN)/pulse-fm train --preset tiny --store stores/syn200 --out runs/tiny
 
+## the shipped model's SYNTHETIC cohorts, with real NSTDB noise: 400 participants to pretrain on,
+## 400 others (a different seed) to probe on
 $(STORE)/store.json: | install
-	$(BIN)/pulse-fm prepare --synthetic 200 --seed 0 --out $(STORE)
+	$(BIN)/pulse-fm prepare --synthetic 400 --seed 0 --recordings 3 --noise-bank nstdb --out $(STORE)
 $(EVAL)/store.json: | install
-	$(BIN)/pulse-fm prepare --synthetic 300 --seed 1 --recordings 3 --out $(EVAL)
+	$(BIN)/pulse-fm prepare --synthetic 400 --seed 1 --recordings 2 --noise-bank nstdb --out $(EVAL)
 runs/ppg-$(STEPS)/encoder.pt: $(STORE)/store.json
 	$(BIN)/pulse-fm train --preset tiny --store $(STORE) --out runs/ppg-$(STEPS) --steps $(STEPS) --set lr_step_intervals=10
 runs/ecg-$(STEPS)/encoder.pt: $(STORE)/store.json
