@@ -6,7 +6,7 @@ STAMP  := $(VENV)/.installed
 STORE  ?= stores/syn400
 EVAL   ?= stores/syneval400
 REPO   ?= model_repository
-STEPS  ?= 1000
+STEPS  ?= 2000
 
 .PHONY: install run pretrain model evaluate ablate bench test test-fast test-slow lint format type-check clean
 
@@ -49,7 +49,7 @@ evaluate: runs/ppg-$(STEPS)/encoder.pt runs/ecg-$(STEPS)/encoder.pt $(EVAL)/stor
 	$(BIN)/pulse-fm evaluate --encoder runs/ppg-$(STEPS)/encoder.pt --encoder runs/ecg-$(STEPS)/encoder.pt \
 	    --store $(EVAL) --ablations runs/ablate/ablations.json --out reports/default
 
-## the shipped default model, from scratch (~1 h on 2 cores): make model REPO=/tmp/repo to compare
+## the shipped default model, from scratch (~1.5 h on 2 cores): make model REPO=/tmp/repo to compare
 model: evaluate
 	$(BIN)/pulse-fm publish --encoder runs/ppg-$(STEPS)/encoder.pt --probes reports/default/probes_ppg.json --repo $(REPO)
 	$(BIN)/pulse-fm publish --encoder runs/ecg-$(STEPS)/encoder.pt --probes reports/default/probes_ecg.json --repo $(REPO)
