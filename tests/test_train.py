@@ -17,10 +17,12 @@ TEST_CFG = PRESETS["tiny"].replace(batch_size=8, steps=6, val_every=3, log_every
 
 
 def test_tiny_training_loss_falls(small_store: Path, tmp_path: Path) -> None:
-    cfg = PRESETS["tiny"].replace(batch_size=16, steps=40, val_every=20, log_every=5)
+    cfg = PRESETS["tiny"].replace(batch_size=16, steps=80, val_every=40, log_every=5)
     train(cfg, small_store, tmp_path / "run", progress=False)
     m = [r for r in read_metrics(tmp_path / "run") if "loss" in r]
-    assert m[-1]["loss"] < 0.8 * m[0]["loss"], (m[0]["loss"], m[-1]["loss"])
+    # single batches are noisy (one step's loss moves by ~0.3): compare the first and last 3 logged
+    first, last = (sum(r["loss"] for r in w) / 3 for w in (m[:3], m[-3:]))
+    assert last < 0.8 * first, [round(r["loss"], 2) for r in m]
     for key in ("alignment", "uniformity", "effective_rank", "info_nce", "koleo", "lr"):
         assert key in m[-1]
     assert any("val_loss" in r for r in read_metrics(tmp_path / "run"))
