@@ -23,7 +23,7 @@ install: $(STAMP)
 run: install
 	$(BIN)/pulse-fm serve
 
-## pretraining demo: a SYNTHETIC cohort -> segment store -> tiny pretraining (~6 min on 2 cores)
+## pretraining demo: a SYNTHETIC cohort -> segment store -> tiny pretraining (~9 min on 2 cores)
 pretrain: install
 	$(BIN)/pulse-fm prepare --synthetic 200 --out stores/syn200
 	$(BIN)/pulse-fm train --preset tiny --store stores/syn200 --out runs/tiny
