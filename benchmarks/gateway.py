@@ -146,7 +146,7 @@ def npy_bodies(
 def raw_ort(repo: Path, modality: str, batch: int, seconds: float, with_preprocessing: bool = False) -> float:
     import onnxruntime as ort
 
-    version = max(int(p.name) for p in (repo / f"{modality}_encoder").iterdir() if p.name.isdigit())
+    version = max(C.versions_on_disk(repo / f"{modality}_encoder"))
     sess = ort.InferenceSession(
         str(repo / f"{modality}_encoder" / str(version) / C.MODEL_FILE), providers=["CPUExecutionProvider"]
     )

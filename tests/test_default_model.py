@@ -28,9 +28,8 @@ def test_repository_holds_both_modalities_with_cards() -> None:
         mv = versions[max(versions)]
         card = mv.encoder_card
         assert "SYNTHETIC" in card["training_data"]
-        assert (
-            card["preprocess_version"] == mv.spec.version
-        )  # the gateway's preprocessing is the one trained on
+        # the gateway's preprocessing is the one trained on
+        assert card["preprocess_version"] == mv.spec.version
         assert card["sha256"] == hashlib.sha256((mv.encoder_dir / C.MODEL_FILE).read_bytes()).hexdigest()
         assert mv.probes_card is not None and mv.probes_card["training_data"] == "synthetic"
         targets = [o["target"] for o in mv.outputs]

@@ -34,7 +34,7 @@ import pandas as pd
 from pulsefm.preprocess import spec_for
 from training.baselines import hrv_matrix, true_params
 from training.embed import Encoder, aggregate, embed_batches, embed_store, embedding_matrix, load_encoder
-from training.probe import TARGETS, ProbeResult, paired_improvement, run_probes
+from training.probe import TARGETS, ProbeResult, headline_metric, paired_improvement, run_probes
 
 # real recordings per modality: (name in pulsefm.datasets.REAL_FILES, channel to use or None)
 REAL_SETS: dict[str, list[tuple[str, str | None]]] = {
@@ -248,7 +248,7 @@ def markdown_table(results: list[dict[str, Any]]) -> str:
             "|---|---|" + "---|" * (len(shown) + 2),
         ]
         for i, row in enumerate(res["probes"]["ssl"]):
-            metric = "mae" if row["kind"] == "regression" else "auc"
+            metric = headline_metric(row["kind"])
             cells = []
             for n in shown:
                 r = res["probes"][n][i]

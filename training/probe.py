@@ -160,6 +160,11 @@ def bootstrap(
     }
 
 
+def headline_metric(kind: str) -> str:
+    """A probe's headline metric: MAE for regression (lower is better), AUC otherwise (higher is better)."""
+    return "mae" if kind == REGRESSION else "auc"
+
+
 @dataclass
 class ProbeResult:
     target: str
@@ -185,8 +190,7 @@ class ProbeResult:
 
     @property
     def metric(self) -> str:
-        """The headline metric: MAE (lower is better) or AUC (higher is better)."""
-        return "mae" if self.kind == REGRESSION else "auc"
+        return headline_metric(self.kind)
 
     def head(self) -> dict[str, Any]:
         d = asdict(self)

@@ -10,7 +10,7 @@ from typing import Any
 import numpy as np
 
 from training.embed import embedding_matrix
-from training.probe import REGRESSION, ProbeResult
+from training.probe import REGRESSION, ProbeResult, headline_metric
 
 SET_LABELS = {
     "ssl": "SSL encoder",
@@ -99,7 +99,7 @@ def plot_pca(emb: np.ndarray, labels: Any, path: Path, title: str) -> None:
 
 
 def _cell(row: dict[str, Any]) -> str:
-    metric = "mae" if row["kind"] == REGRESSION else "auc"
+    metric = headline_metric(row["kind"])
     lo, hi = row["ci95"][metric]
     extra = f"<br><small>R² {row['metrics']['r2']:.2f}</small>" if metric == "mae" else ""
     return f"{row['metrics'][metric]:.3g} <small>[{lo:.3g}, {hi:.3g}]</small>{extra}"
