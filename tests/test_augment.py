@@ -4,6 +4,7 @@ import pytest
 import torch
 
 from training.augment import (
+    AUGMENT_PRESETS,
     ECG_AUGMENT,
     PPG_AUGMENT,
     ChannelPermute,
@@ -13,6 +14,7 @@ from training.augment import (
     TimeWarp,
     spline_basis,
 )
+from training.config import PRESETS
 
 X = torch.randn(64, 4, 3840, generator=torch.Generator().manual_seed(0))
 
@@ -87,3 +89,38 @@ def test_presets_match_recipe() -> None:
     }
     assert "ChannelPermute" not in {type(a).__name__ for a in ECG_AUGMENT.augmentations}
     assert ECG_AUGMENT(torch.randn(4, 1, 3840), g()).shape == (4, 1, 3840)
+
+
+def names(preset: str) -> list[str]:
+    return [type(a).__name__ for a in AUGMENT_PRESETS[preset].augmentations]
+
+
+def test_departures_from_the_recipe_drop_exactly_one_augmentation() -> None:
+    assert names("ppg-no-noise") == ["CutOut", "MagnitudeWarp", "TimeWarp", "ChannelPermute"]
+    assert names("ecg-no-timewarp") == ["CutOut", "MagnitudeWarp", "GaussianNoise"]
+    # the rest keep the recipe's probabilities
+    assert [a.p for a in AUGMENT_PRESETS["ppg-no-noise"].augmentations] == [0.4, 0.25, 0.15, 0.25]
+    with pytest.raises(ValueError, match="ChannelPermute"):
+        ECG_AUGMENT.without(ChannelPermute)
+
+
+def test_without_noise_a_clean_signal_keeps_its_noise_floor() -> None:
+    """What ppg-no-noise is for: no view gets a high-frequency floor the input did not have."""
+    t = torch.arange(3840) / 64.0
+    clean = torch.sin(2 * torch.pi * 1.2 * t).repeat(512, 4, 1)
+
+    def noised_fraction(preset: str) -> float:
+        view = AUGMENT_PRESETS[preset](clean, g())
+        floor = torch.diff(view, n=2, dim=-1).std(dim=-1).amax(dim=1)  # a slow sine's is ~0.02
+        return (floor > 0.1).float().mean().item()
+
+    assert noised_fraction("ppg") == pytest.approx(0.25, abs=0.06)
+    assert noised_fraction("ppg-no-noise") == 0.0
+
+
+def test_config_rejects_unknown_augment_and_positives() -> None:
+    with pytest.raises(ValueError, match="ppg-no-noise"):
+        PRESETS["tiny"].replace(augment="ppg-quiet")
+    with pytest.raises(ValueError, match="participant or segment"):
+        PRESETS["tiny"].replace(positives="recording")
+    assert PRESETS["tiny"].replace(augment="ppg-no-noise").augment == "ppg-no-noise"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -24,6 +25,8 @@ from training.probe import (
     run_probes,
 )
 from training.train import build_model, encoder_artifact
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
 
 
 def _table(n_participants: int = 60, per: int = 4, seed: int = 0) -> tuple[pd.DataFrame, np.ndarray]:
@@ -240,3 +243,18 @@ def test_evaluate_cli_reports_the_paired_verdict(small_store, tiny_encoder_pt, t
     assert "SYNTHETIC" in page and f"on <b>{wins} of {len(verdicts)}</b> targets" in page
     assert f"on {wins} of {len(verdicts)} targets" in (out / "results.md").read_text()
     assert json.loads((out / "probes_ppg.json").read_text())["probes"]
+
+
+def test_random_init_baseline_of_a_published_onnx_comes_from_its_card(small_store, tiny_encoder_pt) -> None:
+    """`pulse-fm evaluate --encoder model_repository/ppg_encoder/1/model.onnx` gets the same
+    random-init baseline as the encoder.pt it was exported from (architecture from card.json)."""
+    from training.embed import embed_store
+    from training.evaluate import load_random_init_like
+
+    onnx = REPO_ROOT / "model_repository" / "ppg_encoder" / "1" / "model.onnx"
+    from_onnx = load_random_init_like(load_encoder(onnx))
+    from_pt = load_random_init_like(load_encoder(tiny_encoder_pt))  # the shipped model is preset tiny
+    a = embedding_matrix(embed_store(small_store, from_onnx, 16))
+    b = embedding_matrix(embed_store(small_store, from_pt, 16))
+    np.testing.assert_allclose(a, b, rtol=0, atol=1e-5)
+    assert from_onnx.version.startswith("random-init")

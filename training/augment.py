@@ -131,6 +131,13 @@ class Compose:
             x = aug(x, g)
         return x
 
+    def without(self, *kinds: type) -> Compose:
+        """The same pipeline minus the augmentations of the given classes."""
+        missing = [k.__name__ for k in kinds if not any(isinstance(a, k) for a in self.augmentations)]
+        if missing:
+            raise ValueError(f"not in this pipeline: {', '.join(missing)}")
+        return Compose(tuple(a for a in self.augmentations if not isinstance(a, kinds)))
+
 
 PPG_AUGMENT = Compose(
     (CutOut(0.4), MagnitudeWarp(0.25), TimeWarp(0.15), GaussianNoise(0.25), ChannelPermute(0.25))
@@ -138,4 +145,15 @@ PPG_AUGMENT = Compose(
 # ECG probabilities are marked "unverified" in the recipe
 ECG_AUGMENT = Compose((CutOut(0.8), MagnitudeWarp(0.5), TimeWarp(0.3), GaussianNoise(0.5)))
 NO_AUGMENT = Compose(())
-AUGMENT_PRESETS = {"ppg": PPG_AUGMENT, "ecg": ECG_AUGMENT, "none": NO_AUGMENT}
+AUGMENT_PRESETS = {
+    "ppg": PPG_AUGMENT,
+    "ecg": ECG_AUGMENT,
+    "none": NO_AUGMENT,
+    # Departures from the recipe, each removing one invariance that erases a participant trait.
+    # Added noise (sigma 0.05-0.1 of a z-scored signal) is larger than the sensor noise whose
+    # level tracks perfusion, and so BMI; a +-10 % time warp is as large as the sex difference
+    # in QRS width and QT. Positives then differ by more than the trait, and InfoNCE learns to
+    # ignore it. README "Results" compares each with the recipe.
+    "ppg-no-noise": PPG_AUGMENT.without(GaussianNoise),
+    "ecg-no-timewarp": ECG_AUGMENT.without(TimeWarp),
+}

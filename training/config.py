@@ -6,6 +6,7 @@ import dataclasses
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
+from training.augment import AUGMENT_PRESETS
 from training.model import EncoderConfig
 
 
@@ -42,6 +43,12 @@ class TrainConfig:
     bf16: bool = True  # autocast on CUDA only
     sync_bn: bool = False  # SyncBatchNorm under DDP (CUDA only)
     log_every: int = 10
+
+    def __post_init__(self) -> None:
+        if self.augment not in AUGMENT_PRESETS:
+            raise ValueError(f"unknown augment {self.augment!r}; choose one of {sorted(AUGMENT_PRESETS)}")
+        if self.positives not in ("participant", "segment"):
+            raise ValueError(f"unknown positives {self.positives!r}; choose participant or segment")
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

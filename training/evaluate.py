@@ -33,7 +33,15 @@ import pandas as pd
 
 from pulsefm.preprocess import spec_for
 from training.baselines import hrv_matrix, true_params
-from training.embed import Encoder, aggregate, embed_batches, embed_store, embedding_matrix, load_encoder
+from training.embed import (
+    Encoder,
+    aggregate,
+    embed_batches,
+    embed_store,
+    embedding_matrix,
+    load_encoder,
+    torch_encoder,
+)
 from training.probe import TARGETS, ProbeResult, headline_metric, paired_improvement, run_probes
 
 # real recordings per modality: (name in pulsefm.datasets.REAL_FILES, channel to use or None)
@@ -230,7 +238,23 @@ def evaluate_modality(
 
 
 def load_random_init_like(encoder: Encoder) -> Encoder:
-    return load_encoder(encoder.path, random_init_seed=0)
+    """The same architecture with random weights (seed 0); for a published model.onnx the
+    architecture comes from the card.json that `pulse-fm publish` writes beside it."""
+    path = Path(encoder.path)
+    if path.suffix != ".onnx":
+        return load_encoder(path, random_init_seed=0)
+    card_path = path.parent / "card.json"
+    if not card_path.is_file():
+        raise ValueError(f"{path}: no card.json beside it, so no architecture for the random-init baseline")
+    card = json.loads(card_path.read_text())
+    art = {
+        "encoder_config": card["train_config"]["encoder"],
+        "modality": card["modality"],
+        "preprocess": card["preprocess"],
+    }
+    enc = torch_encoder(art, "", random_init_seed=0)
+    enc.path = str(path)
+    return enc
 
 
 def markdown_table(results: list[dict[str, Any]]) -> str:
