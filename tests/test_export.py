@@ -237,3 +237,19 @@ def test_embed_reads_an_exported_onnx_like_the_checkpoint(artifacts, tmp_path) -
     np.testing.assert_allclose(onnx_enc(x), pt_enc(x), atol=PARITY_TOL)
     with pytest.raises(ValueError, match="random-init"):
         load_encoder(tmp_path / "ecg" / "model.onnx", random_init_seed=0)
+
+
+def test_training_curves_travel_with_the_published_encoder(artifacts, tmp_path) -> None:
+    """A run's curves.png lands beside model.onnx, where `pulse-fm evaluate` looks for it."""
+    import shutil
+
+    from training.export import build_encoder
+
+    run = tmp_path / "run"
+    run.mkdir()
+    shutil.copy(artifacts["ppg"], run / "encoder.pt")
+    (run / "curves.png").write_bytes(b"\x89PNG fake")
+    build_encoder(run / "encoder.pt", tmp_path / "v")
+    assert (tmp_path / "v" / "curves.png").read_bytes() == b"\x89PNG fake"
+    build_encoder(artifacts["ppg"], tmp_path / "w")  # no curves in that folder: none copied
+    assert not (tmp_path / "w" / "curves.png").exists()
