@@ -258,3 +258,14 @@ def test_random_init_baseline_of_a_published_onnx_comes_from_its_card(small_stor
     b = embedding_matrix(embed_store(small_store, from_pt, 16))
     np.testing.assert_allclose(a, b, rtol=0, atol=1e-5)
     assert from_onnx.version.startswith("random-init")
+
+
+def test_evaluate_refuses_an_onnx_without_its_card(tmp_path, capsys) -> None:
+    import shutil
+
+    from training.evaluate import main as evaluate_main
+
+    shutil.copy(REPO_ROOT / "model_repository" / "ppg_encoder" / "1" / "model.onnx", tmp_path / "model.onnx")
+    argv = ["--encoder", str(tmp_path / "model.onnx"), "--store", "nowhere", "--out", str(tmp_path / "r")]
+    assert evaluate_main(argv) == 2
+    assert "no card.json" in capsys.readouterr().err

@@ -8,14 +8,13 @@ true_params   SYNTHETIC cohort only: the simulator's own physiological parameter
 
 from __future__ import annotations
 
-from concurrent.futures import ProcessPoolExecutor
-
 import numpy as np
 import pandas as pd
 from tqdm import tqdm
 
 from pulsefm.quality import beat_indices
 from pulsefm.records import Modality
+from training.parallel import process_pool
 
 HRV_FEATURES = ("hr_mean", "hr_median", "ibi_sd_ms", "rmssd_ms", "pnn50", "ibi_iqr_ms", "ibi_cv", "n_beats")
 # simulator parameters of training.synthetic.Participant that shape each modality's signal
@@ -66,7 +65,7 @@ def hrv_matrix(
 ) -> np.ndarray:
     """(n, len(HRV_FEATURES)) for segments (n, C, T); channel 0 carries the beats. NaNs -> column median."""
     jobs = [(segments[a : a + chunk], fs, modality) for a in range(0, len(segments), chunk)]
-    with ProcessPoolExecutor(max_workers=workers) as pool:
+    with process_pool(workers) as pool:
         parts = list(tqdm(pool.map(_hrv_chunk, jobs), total=len(jobs), desc="HR/HRV features", disable=None))
     feats = np.concatenate(parts) if parts else np.empty((0, len(HRV_FEATURES)))
     med = np.nanmedian(feats, axis=0)

@@ -321,6 +321,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     for path in args.encoder:
         try:
             enc = load_encoder(path)
+            load_random_init_like(enc)  # fail before any work if the baseline has no architecture
         except (FileNotFoundError, ValueError) as exc:
             print(f"error: {exc}", file=sys.stderr)
             return 2

@@ -16,7 +16,7 @@ import shutil
 import sys
 import time
 from collections.abc import Callable, Sequence
-from concurrent.futures import Future, ProcessPoolExecutor, as_completed
+from concurrent.futures import Future, as_completed
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -28,6 +28,7 @@ from pulsefm.datasets import fetch
 from pulsefm.io import find_recordings, read_record
 from pulsefm.preprocess import SPECS
 from pulsefm.records import Record, RecordError
+from training.parallel import process_pool
 from training.store import FORMAT, ChunkResult, SegmentStore, chunk_done, finalize, write_chunk, write_info
 from training.synthetic import CohortConfig, NoiseBank, sample_participant, simulate_participant
 
@@ -82,7 +83,7 @@ def _run_chunks(
                 results.append(fn(*args))
                 bar.update()
         else:
-            with ProcessPoolExecutor(max_workers=workers) as pool:
+            with process_pool(workers) as pool:
                 futures: list[Future[ChunkResult]] = [pool.submit(fn, *args) for _, fn, args in jobs]
                 for fut in as_completed(futures):
                     results.append(fut.result())
