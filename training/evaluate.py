@@ -31,6 +31,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from pulsefm import contract as C
 from pulsefm.preprocess import spec_for
 from training.baselines import hrv_matrix, true_params
 from training.embed import (
@@ -196,15 +197,21 @@ def result_row(r: ProbeResult) -> dict[str, Any]:
 
 
 def evaluate_modality(
-    encoder: Encoder, store_path: Path, test_fraction: float, seed: int, n_boot: int, real: bool
+    encoder: Encoder,
+    baseline: Encoder,
+    store_path: Path,
+    test_fraction: float,
+    seed: int,
+    n_boot: int,
+    real: bool,
 ) -> dict[str, Any]:
+    """`encoder` and its random-init `baseline` (see load_random_init_like) on one store."""
     from training.store import SegmentStore
 
     store = SegmentStore(store_path)
     rows = store.indices(encoder.modality)
     table = embed_store(store_path, encoder, 64)
     ssl = embedding_matrix(table)
-    baseline = load_random_init_like(encoder)
     rand = embedding_matrix(embed_store(store_path, baseline, 64))
     sets = feature_sets(table, ssl, rand, spec_for(encoder.modality).fs, store, rows)
     targets = [t for t in TARGETS if TARGETS[t].column in table.columns]
@@ -243,7 +250,7 @@ def load_random_init_like(encoder: Encoder) -> Encoder:
     path = Path(encoder.path)
     if path.suffix != ".onnx":
         return load_encoder(path, random_init_seed=0)
-    card_path = path.parent / "card.json"
+    card_path = path.parent / C.CARD_FILE
     if not card_path.is_file():
         raise ValueError(f"{path}: no card.json beside it, so no architecture for the random-init baseline")
     card = json.loads(card_path.read_text())
@@ -321,15 +328,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     for path in args.encoder:
         try:
             enc = load_encoder(path)
-            load_random_init_like(enc)  # fail before any work if the baseline has no architecture
+            baseline = load_random_init_like(enc)  # before any work: it may lack an architecture
         except (FileNotFoundError, ValueError) as exc:
             print(f"error: {exc}", file=sys.stderr)
             return 2
         print(f"evaluating {path} ({enc.modality}) on {args.store}")
         res = evaluate_modality(
-            enc, Path(args.store), args.test_fraction, args.seed, args.bootstrap, not args.no_real
+            enc, baseline, Path(args.store), args.test_fraction, args.seed, args.bootstrap, not args.no_real
         )
-        curves = Path(path).parent / "curves.png"
+        curves = Path(path).parent / C.CURVES_FILE
         if curves.is_file():
             shutil.copy(curves, out / f"curves_{enc.modality}.png")
             res["curves"] = f"curves_{enc.modality}.png"

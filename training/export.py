@@ -322,9 +322,9 @@ def build_encoder(encoder_pt: Path, dest: Path) -> dict[str, Any]:
         raise ValueError(f"{encoder_pt}: ONNX/PyTorch max abs diff {parity:.2e} >= {PARITY_TOL}")
     card = encoder_card(art, meta, onnx_path, parity)
     (dest / C.CARD_FILE).write_text(json.dumps(card, indent=2, default=str))
-    curves = Path(encoder_pt).parent / "curves.png"  # the run's training curves travel with the model
+    curves = Path(encoder_pt).parent / C.CURVES_FILE  # the run's training curves travel with the model
     if curves.is_file():
-        shutil.copy(curves, dest / "curves.png")
+        shutil.copy(curves, dest / C.CURVES_FILE)
     return card
 
 

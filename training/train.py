@@ -31,6 +31,7 @@ import torch.distributed as dist
 from torch import nn
 from tqdm import tqdm
 
+from pulsefm import contract as C
 from pulsefm.preprocess import spec_for
 from training.augment import AUGMENT_PRESETS, Compose
 from training.config import PRESETS, TrainConfig, apply_overrides
@@ -415,7 +416,7 @@ def train(
         source = store.info.get("settings", {}).get("source")
         plot_training_curves(
             read_metrics(out),
-            out / "curves.png",
+            out / C.CURVES_FILE,
             f"{cfg.preset} ({cfg.modality}) on {'SYNTHETIC data' if source == 'synthetic' else source}",
         )
         print(
