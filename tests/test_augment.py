@@ -124,3 +124,13 @@ def test_config_rejects_unknown_augment_and_positives() -> None:
     with pytest.raises(ValueError, match="participant or segment"):
         PRESETS["tiny"].replace(positives="recording")
     assert PRESETS["tiny"].replace(augment="ppg-no-noise").augment == "ppg-no-noise"
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (run on the lent GPU machine)")
+@pytest.mark.parametrize("preset", ["ppg", "ecg", "ppg-no-noise"])
+def test_augmenting_on_the_gpu_draws_the_same_augmentations(preset: str) -> None:
+    # the training loader augments where the model runs; the random draws stay on a CPU generator
+    aug = AUGMENT_PRESETS[preset]
+    x = X[:, :1] if preset == "ecg" else X
+    on_gpu = aug(x.cuda(), g(5)).cpu()
+    torch.testing.assert_close(on_gpu, aug(x, g(5)), rtol=1e-4, atol=1e-4)

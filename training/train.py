@@ -189,6 +189,10 @@ class PairLoader:
     def make(self, step: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         batch: PairBatch = self.sampler.batch(step, self.batch_size).slice(self.d.rank, self.d.world)
         x = torch.from_numpy(self.store.load(np.concatenate([batch.rows_a, batch.rows_b])))
+        # The random draws come from a CPU generator, so a batch's augmentations are the same on
+        # any device; the arithmetic on the signals runs where the model does (on a GPU, the CPU
+        # work of augmenting a 256-pair batch would otherwise starve it).
+        x = x.to(self.device, non_blocking=True)
         x = self.augment(x, torch.Generator().manual_seed(hash_seed(self.seed, step, self.d.rank)))
         v1, v2 = x.chunk(2)
         return v1.contiguous(), v2.contiguous(), torch.from_numpy(batch.groups.astype(np.int64))
