@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Recipe-size pretraining of both encoders in one call to a lent GPU machine (README "Results",
-# round 2). It rebuilds the SYNTHETIC pretraining store from the same command as `make
-# pretrain-store` (so no store has to travel), times a short run of each model, fixes the step
+# round 2). It rebuilds the SYNTHETIC pretraining store with the Makefile's command for
+# stores/syn400 (so no store has to travel), times a short run of each model, fixes the step
 # budget from that, then trains ECG and PPG side by side on the one GPU and copies the results
 # to $OUT. Needs: python3 with torch + pandas + scipy + h5py (the GPU image has them), the
 # neurokit2 and pywavelets wheels in .whl/, and the NSTDB noise file under .devcarry/cache/.
