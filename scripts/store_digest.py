@@ -33,8 +33,9 @@ def digest(path: str) -> list[str]:
         lines.append(
             f"{mod}: {idx.size} segments, rows {key}, mean |x| {absolute / n:.5f}, mean x^3 {cubes / n:.4f}"
         )
-    labels = store.participants.round(4).to_csv(index=False).encode()
-    lines.append(f"participants: {len(store.participants)}, labels {hashlib.sha256(labels).hexdigest()[:16]}")
+    participants = store.participants  # a property that reads participants.parquet
+    labels = participants.round(4).to_csv(index=False).encode()
+    lines.append(f"participants: {len(participants)}, labels {hashlib.sha256(labels).hexdigest()[:16]}")
     return lines
 
 
