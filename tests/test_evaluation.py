@@ -15,6 +15,7 @@ from training.embed import aggregate, embedding_matrix, load_encoder, with_embed
 from training.evaluate import effective_rank, retrieval_top1
 from training.probe import (
     TARGETS,
+    above_zero,
     bootstrap,
     design,
     fit,
@@ -129,6 +130,11 @@ def test_paired_improvement_separates_a_better_encoder_from_an_equal_one() -> No
         paired_improvement(good[0], run_probes(table, x, ["age"], 0.3, 1, 50)[0])
 
 
+def test_a_float_rounding_bound_is_a_tie_not_a_win() -> None:
+    assert not above_zero(1.1e-16) and not above_zero(0.0) and not above_zero(-0.01)
+    assert above_zero(1e-4)
+
+
 def test_aggregate_is_the_participant_mean() -> None:
     table, x = _table(n_participants=3, per=2)
     agg = aggregate(with_embeddings(table, x))
@@ -230,7 +236,7 @@ def test_evaluate_cli_reports_the_paired_verdict(small_store, tiny_encoder_pt, t
     from training.evaluate import main as evaluate_main
 
     out = tmp_path / "report"
-    argv = ["--encoder", tiny_encoder_pt, "--store", str(small_store), "--out", str(out)]
+    argv = ["--encoder", str(tiny_encoder_pt), "--store", str(small_store), "--out", str(out)]
     assert evaluate_main([*argv, "--bootstrap", "50", "--no-real"]) == 0
     res = json.loads((out / "results.json").read_text())["results"][0]
     assert res["synthetic"] and set(res["probes"]) == {"ssl", "random_init", "hr_hrv", "true_params"}
@@ -269,3 +275,28 @@ def test_evaluate_refuses_an_onnx_without_its_card(tmp_path, capsys) -> None:
     argv = ["--encoder", str(tmp_path / "model.onnx"), "--store", "nowhere", "--out", str(tmp_path / "r")]
     assert evaluate_main(argv) == 2
     assert "no card.json" in capsys.readouterr().err
+
+
+def test_random_init_spread_probes_each_seed_on_the_same_split(
+    small_store, tiny_encoder_pt, tmp_path
+) -> None:
+    """scripts/random_init_spread.py: one row per target, one entry per seed, seeds really differ."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("spread", REPO_ROOT / "scripts" / "random_init_spread.py")
+    assert spec is not None and spec.loader is not None
+    spread = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(spread)
+
+    out = tmp_path / "spread.json"
+    argv = ["--encoder", str(tiny_encoder_pt), "--store", str(small_store), "--seeds", "0", "1"]
+    assert spread.main([*argv, "--bootstrap", "50", "--out", str(out)]) == 0
+    result = json.loads(out.read_text())
+    assert result["synthetic"] and result["seeds"] == [0, 1]
+    rows = result["targets"]
+    assert set(rows) >= {"age", "sex", "heart_rate"}
+    assert all(set(r["random_init"]) == {"0", "1"} for r in rows.values())
+    # seed 0 is the report's baseline; seed 1 is other weights, so its probes score differently
+    assert any(r["random_init"]["0"]["value"] != r["random_init"]["1"]["value"] for r in rows.values())
+    table = spread.markdown(result)
+    assert all(f"| {t} |" in table for t in rows)

@@ -244,12 +244,12 @@ def evaluate_modality(
     return result
 
 
-def load_random_init_like(encoder: Encoder) -> Encoder:
-    """The same architecture with random weights (seed 0); for a published model.onnx the
-    architecture comes from the card.json that `pulse-fm publish` writes beside it."""
+def load_random_init_like(encoder: Encoder, seed: int = 0) -> Encoder:
+    """The same architecture with random weights (`seed`; the report uses 0); for a published
+    model.onnx the architecture comes from the card.json that `pulse-fm publish` writes beside it."""
     path = Path(encoder.path)
     if path.suffix != ".onnx":
-        return load_encoder(path, random_init_seed=0)
+        return load_encoder(path, random_init_seed=seed)
     card_path = path.parent / C.CARD_FILE
     if not card_path.is_file():
         raise ValueError(f"{path}: no card.json beside it, so no architecture for the random-init baseline")
@@ -259,7 +259,7 @@ def load_random_init_like(encoder: Encoder) -> Encoder:
         "modality": card["modality"],
         "preprocess": card["preprocess"],
     }
-    enc = torch_encoder(art, "", random_init_seed=0)
+    enc = torch_encoder(art, "", random_init_seed=seed)
     enc.path = str(path)
     return enc
 
