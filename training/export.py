@@ -179,7 +179,10 @@ def parity_segments(modality: str, n: int = 32, seed: int = 0) -> np.ndarray:
 
 
 def encoder_parity(art: dict[str, Any], onnx_path: Path, x: np.ndarray) -> float:
-    """max |ORT - PyTorch eval| over `x` at batch 1 and at full batch."""
+    """max |ORT - PyTorch eval| over `x` at batch 1 and at full batch, divided by
+    max(1, max |PyTorch|): absolute for O(1) outputs, relative for larger ones. float32 cannot do
+    better than ~1e-6 relative, so a fixed absolute bound fails on large outputs (seen: 1.1e-4 at
+    outputs of 99, 1e-6 relative, with onnxruntime 1.32)."""
     import torch
 
     net = encoder_net(art)
@@ -190,7 +193,7 @@ def encoder_parity(art: dict[str, Any], onnx_path: Path, x: np.ndarray) -> float
         with torch.inference_mode():
             ref = net(torch.from_numpy(batch)).numpy()
         got = sess.run([contract.output.name], {contract.input.name: batch})[0]
-        worst = max(worst, float(np.max(np.abs(ref - got))))
+        worst = max(worst, float(np.max(np.abs(ref - got))) / max(1.0, float(np.max(np.abs(ref)))))
     return worst
 
 
@@ -319,7 +322,9 @@ def build_encoder(encoder_pt: Path, dest: Path) -> dict[str, Any]:
     check_contract(onnx_path, C.encoder_contract(art["modality"]))
     parity = encoder_parity(art, onnx_path, parity_segments(str(art["modality"])))
     if not parity < PARITY_TOL:
-        raise ValueError(f"{encoder_pt}: ONNX/PyTorch max abs diff {parity:.2e} >= {PARITY_TOL}")
+        raise ValueError(
+            f"{encoder_pt}: ONNX/PyTorch max diff {parity:.2e} >= {PARITY_TOL} (see encoder_parity)"
+        )
     card = encoder_card(art, meta, onnx_path, parity)
     (dest / C.CARD_FILE).write_text(json.dumps(card, indent=2, default=str))
     curves = Path(encoder_pt).parent / C.CURVES_FILE  # the run's training curves travel with the model
