@@ -50,7 +50,7 @@ def spread(
         "encoder": encoder_path,
         "encoder_version": enc.version,
         "store": store,
-        "synthetic": SegmentStore(store).info.get("settings", {}).get("source") == "synthetic",
+        "synthetic": SegmentStore(store).synthetic,
         "seeds": list(seeds),
         "split": {"test_fraction": test_fraction, "seed": 0, "unit": "participant"},
         "targets": rows,

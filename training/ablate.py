@@ -94,7 +94,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         )
         for name in args.variants
     ]
-    synthetic = SegmentStore(args.eval_store).info.get("settings", {}).get("source") == "synthetic"
+    synthetic = SegmentStore(args.eval_store).synthetic
     doc = {
         "description": (
             f"preset {args.preset}, {args.steps} steps each, seed {args.seed}; pretraining store "

@@ -226,7 +226,7 @@ def evaluate_modality(
         "encoder_version": encoder.version,
         "preprocess_version": encoder.preprocess_version,
         "store": str(store_path),
-        "synthetic": store.info.get("settings", {}).get("source") == "synthetic",
+        "synthetic": store.synthetic,
         "segments": len(table),
         "participants": int(table["participant_id"].nunique()),
         "effective_rank": {"ssl": effective_rank(ssl), "random_init": effective_rank(rand)},

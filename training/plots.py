@@ -64,7 +64,7 @@ def plot_store_preview(store: Any, path: str | Path) -> Path:
 
     m = store.manifest
     mods = sorted(m["modality"].unique())
-    synthetic = store.info.get("settings", {}).get("source") == "synthetic"
+    synthetic = store.synthetic
     fig, axes = plt.subplots(
         len(mods), 2, figsize=(13, 3.2 * len(mods)), squeeze=False, gridspec_kw={"width_ratios": [3, 1]}
     )
@@ -94,7 +94,7 @@ def plot_store_preview(store: Any, path: str | Path) -> Path:
         ax = axes[row][1]
         ax.hist(m.loc[idx, "heart_rate_bpm"].dropna(), bins=30)
         ax.set_title(f"{mod.upper()} segment heart rate (bpm), n={len(idx)}", fontsize=9)
-    kind = "SYNTHETIC cohort" if synthetic else str(store.info.get("settings", {}).get("source"))
+    kind = "SYNTHETIC cohort" if synthetic else str(store.source)
     rej = store.info.get("counts", {}).get("rejected", {})
     fig.suptitle(f"segment store {Path(store.root).name}: {kind}; rejected segments {rej or 'none'}")
     fig.tight_layout()

@@ -175,6 +175,16 @@ class SegmentStore:
         return len(self.manifest)
 
     @property
+    def source(self) -> str | None:
+        """Where the segments came from: "synthetic", or the recordings folder prepare read."""
+        source = self.info.get("settings", {}).get("source")
+        return None if source is None else str(source)
+
+    @property
+    def synthetic(self) -> bool:
+        return self.source == "synthetic"
+
+    @property
     def participants(self) -> pd.DataFrame:
         path = self.root / "participants.parquet"
         return (

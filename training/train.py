@@ -417,7 +417,7 @@ def train(
     if d.main and start < cfg.steps:
         from training.plots import plot_training_curves
 
-        source = store.info.get("settings", {}).get("source")
+        source = store.source
         plot_training_curves(
             read_metrics(out),
             out / C.CURVES_FILE,
