@@ -98,6 +98,7 @@ def names(preset: str) -> list[str]:
 def test_departures_from_the_recipe_drop_exactly_one_augmentation() -> None:
     assert names("ppg-no-noise") == ["CutOut", "MagnitudeWarp", "TimeWarp", "ChannelPermute"]
     assert names("ecg-no-timewarp") == ["CutOut", "MagnitudeWarp", "GaussianNoise"]
+    assert names("ecg-no-magwarp") == ["CutOut", "TimeWarp", "GaussianNoise"]
     # the rest keep the recipe's probabilities
     assert [a.p for a in AUGMENT_PRESETS["ppg-no-noise"].augmentations] == [0.4, 0.25, 0.15, 0.25]
     with pytest.raises(ValueError, match="ChannelPermute"):
