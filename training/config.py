@@ -24,7 +24,7 @@ class TrainConfig:
     lr: float = 1e-3
     weight_decay: float = 1e-5
     val_every: int = 250  # steps per validation interval (also the checkpoint interval)
-    lr_step_intervals: int = 125
+    lr_step_intervals: int = 125  # lr x lr_gamma every this many val intervals, whatever `steps` is
     lr_gamma: float = 0.5
     # objective
     temperature: float = 0.04
