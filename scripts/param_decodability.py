@@ -34,19 +34,19 @@ def decodability(
     enc = load_encoder(encoder_path)
     if not SegmentStore(store).synthetic:
         raise ValueError(f"{store}: not a SYNTHETIC store, so it has no simulator parameters")
-    tables = {
-        "ssl": embed_store(store, enc),
-        "random_init": embed_store(store, load_random_init_like(enc, random_init_seed)),
+    table = embed_store(store, enc)  # labels and simulator parameters come with the SSL rows
+    features = {
+        "ssl": embedding_matrix(table),
+        "random_init": embedding_matrix(embed_store(store, load_random_init_like(enc, random_init_seed))),
     }
-    table = tables["ssl"]
     test_ids = held_out_participants(table["participant_id"].to_numpy(), test_fraction, 0)
     params = [p for p in TRUE_PARAMS[enc.modality] if p in table.columns]
     rows: dict[str, dict[str, Any]] = {}
     for p in params:
         target = Target(p, p, REGRESSION, "participant", "", f"simulator parameter {p}")
         rows[p] = {}
-        for name, t in tables.items():
-            r = run_probe(table, embedding_matrix(t), target, test_ids, n_boot, 0)
+        for name, x in features.items():
+            r = run_probe(table, x, target, test_ids, n_boot, 0)
             rows[p][name] = {"r2": r.metrics["r2"], "ci95": r.ci95["r2"], "n_test": r.n_test}
     return {
         "encoder": encoder_path,

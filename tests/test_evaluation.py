@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
 from pathlib import Path
+from types import ModuleType
 
 import numpy as np
 import pandas as pd
@@ -277,16 +279,20 @@ def test_evaluate_refuses_an_onnx_without_its_card(tmp_path, capsys) -> None:
     assert "no card.json" in capsys.readouterr().err
 
 
+def _script(name: str) -> ModuleType:
+    """scripts/<name>.py as a module (scripts/ is not a package)."""
+    spec = importlib.util.spec_from_file_location(name, REPO_ROOT / "scripts" / f"{name}.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
 def test_random_init_spread_probes_each_seed_on_the_same_split(
     small_store, tiny_encoder_pt, tmp_path
 ) -> None:
     """scripts/random_init_spread.py: one row per target, one entry per seed, seeds really differ."""
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location("spread", REPO_ROOT / "scripts" / "random_init_spread.py")
-    assert spec is not None and spec.loader is not None
-    spread = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(spread)
+    spread = _script("random_init_spread")
 
     out = tmp_path / "spread.json"
     argv = ["--encoder", str(tiny_encoder_pt), "--store", str(small_store), "--seeds", "0", "1"]
@@ -304,14 +310,9 @@ def test_random_init_spread_probes_each_seed_on_the_same_split(
 
 def test_param_decodability_reads_every_simulator_parameter(small_store, tiny_encoder_pt, tmp_path) -> None:
     """scripts/param_decodability.py: a test R2 per simulator parameter, SSL and random-init, same split."""
-    import importlib.util
-
     from training.baselines import TRUE_PARAMS
 
-    spec = importlib.util.spec_from_file_location("decode", REPO_ROOT / "scripts" / "param_decodability.py")
-    assert spec is not None and spec.loader is not None
-    decode = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(decode)
+    decode = _script("param_decodability")
 
     out = tmp_path / "decode.json"
     argv = ["--encoder", tiny_encoder_pt, "--store", str(small_store), "--bootstrap", "50", "--out", str(out)]
