@@ -9,6 +9,14 @@ script probes the same store with random-init encoders of several seeds (same ar
 BatchNorm calibrated the same way, the same participant split) and prints, per target, the SSL
 metric, each seed's random-init metric and paired improvement, and on how many seeds SSL is
 clearly better. Writes every number to --out.
+
+On a SYNTHETIC store it also asks whether ANY encoder could clear the bar there: the same probes
+on the simulator's parameters (`true_params`) and, for ECG, on what each recording was simulated
+from (`recording_inputs`, training/baselines.py), each compared with every random-init seed in the
+same paired bootstrap. These bounds hold everything the signals can carry about the attributes,
+in a few dimensions a probe fits easily. Where a bound is not clearly better than a random-init
+draw, no encoder can be shown clearly better on that target and cohort (up to the linearity of the
+probe): the bar measures the cohort's size there, not the encoder.
 """
 
 from __future__ import annotations
@@ -19,10 +27,16 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from training.baselines import recording_inputs, true_params
 from training.embed import embed_store, embedding_matrix, load_encoder
 from training.evaluate import load_random_init_like
-from training.probe import TARGETS, paired_improvement, run_probes
+from training.probe import TARGETS, ProbeResult, paired_improvement, run_probes
 from training.store import SegmentStore
+
+
+def _versus(a: ProbeResult, b: ProbeResult, n_boot: int) -> dict[str, Any]:
+    cmp = paired_improvement(a, b, n_boot, 0)
+    return {k: cmp[k] for k in ("improvement", "ci95", "clearly_better")}
 
 
 def spread(
@@ -31,26 +45,36 @@ def spread(
     enc = load_encoder(encoder_path)
     table = embed_store(store, enc)
     targets = [t for t in TARGETS if TARGETS[t].column in table.columns]
+    synthetic = SegmentStore(store).synthetic
     ssl = run_probes(table, embedding_matrix(table), targets, test_fraction, 0, n_boot)
-    rows: dict[str, dict[str, Any]] = {
-        r.target: {"metric": r.metric, "ssl": r.metrics[r.metric], "random_init": {}} for r in ssl
+    bounds = {}
+    if synthetic:
+        bounds["true_params"] = true_params(table, enc.modality)
+        if enc.modality == "ecg":
+            bounds["recording_inputs"] = recording_inputs(table, enc.modality)
+    bound_probes = {
+        name: run_probes(table, x, targets, test_fraction, 0, n_boot) for name, x in bounds.items()
     }
+    rows: dict[str, dict[str, Any]] = {
+        r.target: {"metric": r.metric, "ssl": r.metrics[r.metric], "random_init": {}, "upper_bounds": {}}
+        for r in ssl
+    }
+    for name, probes in bound_probes.items():
+        for r in probes:
+            rows[r.target]["upper_bounds"][name] = {"value": r.metrics[r.metric], "vs_random_init": {}}
     for seed in seeds:
         rand_table = embed_store(store, load_random_init_like(enc, seed))
         rand = run_probes(table, embedding_matrix(rand_table), targets, test_fraction, 0, n_boot)
         for a, b in zip(ssl, rand, strict=True):
-            cmp = paired_improvement(a, b, n_boot, 0)
-            rows[a.target]["random_init"][str(seed)] = {
-                "value": b.metrics[b.metric],
-                "improvement": cmp["improvement"],
-                "ci95": cmp["ci95"],
-                "clearly_better": cmp["clearly_better"],
-            }
+            rows[a.target]["random_init"][str(seed)] = {"value": b.metrics[b.metric], **_versus(a, b, n_boot)}
+        for name, probes in bound_probes.items():
+            for a, b in zip(probes, rand, strict=True):
+                rows[a.target]["upper_bounds"][name]["vs_random_init"][str(seed)] = _versus(a, b, n_boot)
     return {
         "encoder": encoder_path,
         "encoder_version": enc.version,
         "store": store,
-        "synthetic": SegmentStore(store).synthetic,
+        "synthetic": synthetic,
         "seeds": list(seeds),
         "split": {"test_fraction": test_fraction, "seed": 0, "unit": "participant"},
         "targets": rows,
@@ -76,6 +100,27 @@ def markdown(result: dict[str, Any]) -> str:
             + " | ".join(cells)
             + f" | {wins} of {len(seeds)} seeds |"
         )
+    bounds = [(t, name, b) for t, row in result["targets"].items() for name, b in row["upper_bounds"].items()]
+    if bounds:
+        lines += [
+            "",
+            "Upper bounds (SYNTHETIC): could any encoder clear the bar? Bound's metric "
+            "(its paired improvement over each random-init seed [95% CI])",
+            "",
+            "| target | bound | value | "
+            + " | ".join(f"vs random-init {s}" for s in seeds)
+            + " | clearly better |",
+            "|" + "---|" * (len(seeds) + 4),
+        ]
+        for target, name, b in bounds:
+            vs = [b["vs_random_init"][s] for s in seeds]
+            cells = [f"{r['improvement']:+.3g} [{r['ci95'][0]:+.3g}, {r['ci95'][1]:+.3g}]" for r in vs]
+            wins = sum(r["clearly_better"] for r in vs)
+            lines.append(
+                f"| {target} | {name} | {b['value']:.3g} | "
+                + " | ".join(cells)
+                + f" | {wins} of {len(seeds)} seeds |"
+            )
     return "\n".join(lines)
 
 

@@ -306,6 +306,30 @@ def test_random_init_spread_probes_each_seed_on_the_same_split(
     assert any(r["random_init"]["0"]["value"] != r["random_init"]["1"]["value"] for r in rows.values())
     table = spread.markdown(result)
     assert all(f"| {t} |" in table for t in rows)
+    # a SYNTHETIC PPG store: the simulator's parameters are the one upper bound, compared with each seed
+    for r in rows.values():
+        assert set(r["upper_bounds"]) == {"true_params"}
+        assert set(r["upper_bounds"]["true_params"]["vs_random_init"]) == {"0", "1"}
+    assert "| sex | true_params |" in table
+
+
+def test_random_init_spread_bounds_ecg_by_its_recording_inputs(small_store, tmp_path) -> None:
+    """On ECG the recordings' own simulator inputs are a second bound; it reads heart rate per
+    recording, which the participant-level simulator parameters cannot."""
+    cfg = PRESETS["tiny"].replace(modality="ecg", augment="ecg", **{"encoder.in_channels": 1})
+    torch.manual_seed(0)
+    enc = tmp_path / "ecg.pt"
+    torch.save(encoder_artifact(cfg, build_model(cfg), 0, {"settings": {"source": "synthetic"}}), enc)
+    spread = _script("random_init_spread")
+
+    out = tmp_path / "spread.json"
+    argv = ["--encoder", str(enc), "--store", str(small_store), "--seeds", "0", "--bootstrap", "50"]
+    assert spread.main([*argv, "--out", str(out)]) == 0
+    rows = json.loads(out.read_text())["targets"]
+    assert all(set(r["upper_bounds"]) == {"true_params", "recording_inputs"} for r in rows.values())
+    hr = rows["heart_rate"]["upper_bounds"]
+    assert hr["recording_inputs"]["value"] < hr["true_params"]["value"]  # MAE, bpm
+    assert hr["recording_inputs"]["vs_random_init"]["0"]["improvement"] > 0
 
 
 def test_param_decodability_reads_every_simulator_parameter(small_store, tiny_encoder_pt, tmp_path) -> None:

@@ -6,7 +6,14 @@ import pytest
 from pulsefm.datasets import fetch
 from pulsefm.pipeline import process_record
 from pulsefm.preprocess import spec_for
-from training.synthetic import CohortConfig, NoiseBank, sample_participant, simulate_participant
+from training.synthetic import (
+    CohortConfig,
+    NoiseBank,
+    ecg_recording_inputs,
+    parse_recording_id,
+    sample_participant,
+    simulate_participant,
+)
 
 CFG = CohortConfig(n_participants=4, recordings=2, ppg_duration_s=70, ecg_duration_s=35, seed=3)
 
@@ -49,6 +56,20 @@ def test_records_are_model_ready_with_true_heart_rate() -> None:
         segs = process_record(r, spec_for(r.modality))
         assert segs.ok.all(), [q.reasons for q in segs.quality]
         assert abs(segs.quality[0].heart_rate_bpm - r.metadata["heart_rate_bpm"]) < 6
+
+
+def test_recording_inputs_replay_the_recordings_own_draws() -> None:
+    """ecg_recording_inputs gives the very heart rate each simulated ECG recording was made with, and
+    amplitudes within electrode placement (+-5% sd) of the participant's."""
+    p, recs = simulate_participant(CFG, 2)
+    for r in (r for r in recs if r.modality == "ecg"):
+        seed, index, kind, rec = parse_recording_id(r.recording_id)
+        assert (seed, index, kind) == (CFG.seed, 2, "ecg")
+        inputs = ecg_recording_inputs(seed, index, rec)
+        assert inputs["hr"] == r.metadata["heart_rate_bpm"]
+        assert abs(inputs["r_amp"] / p.r_amp - 1) < 0.25 and inputs["qrs_width"] == p.qrs_width
+    with pytest.raises(ValueError, match="not a SYNTHETIC recording id"):
+        parse_recording_id("mitdb-100")
 
 
 def test_noise_bank_adds_unit_variance_real_noise() -> None:

@@ -4,6 +4,10 @@ random-init   same architecture, random weights (see `training.embed.load_encode
 hr_hrv        hand-crafted: heart rate and HRV from neurokit2 beat detection on each segment
 true_params   SYNTHETIC cohort only: the simulator's own physiological parameters, an upper
               bound on what the signals can tell about the attributes
+recording_inputs  SYNTHETIC ECG only: what each recording was simulated from (its heart rate and
+              wave amplitudes after electrode placement, the participant's widths, angles and
+              HRV). A tighter bound: the signals show a participant's amplitudes only through
+              each recording's placement, so no encoder can know more than these
 """
 
 from __future__ import annotations
@@ -79,3 +83,21 @@ def true_params(table: pd.DataFrame, modality: str) -> np.ndarray:
     if missing:
         raise KeyError(f"not a synthetic store: no simulator parameters {missing}")
     return table[cols].to_numpy(dtype=np.float32)
+
+
+def recording_inputs(table: pd.DataFrame, modality: str) -> np.ndarray:
+    """Each row's recording inputs (`training.synthetic.ecg_recording_inputs`), amplitudes as
+    log |amplitude| so that a linear probe can form the ratios a z-scored segment keeps.
+    SYNTHETIC ECG stores only."""
+    from training.synthetic import ecg_recording_inputs, parse_recording_id
+
+    if str(modality) != "ecg":
+        raise ValueError(f"recording inputs are replayed for ECG only, not {modality}")
+    rows: dict[str, list[float]] = {}
+    for rid in table["recording_id"].astype(str).unique():
+        seed, index, kind, rec = parse_recording_id(rid)
+        if kind != "ecg":
+            raise ValueError(f"{rid}: not an ECG recording")
+        inputs = ecg_recording_inputs(seed, index, rec)
+        rows[rid] = [np.log(abs(v)) if k.endswith("_amp") else v for k, v in inputs.items()]
+    return np.array([rows[r] for r in table["recording_id"].astype(str)], dtype=np.float32)

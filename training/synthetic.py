@@ -25,6 +25,7 @@ Deterministic by seed: participant i of seed s always has the same attributes an
 
 from __future__ import annotations
 
+import re
 import warnings
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -150,14 +151,51 @@ class NoiseBank:
         return (out - out.mean()) / (out.std() + 1e-12)
 
 
+ECG_WAVES = ("p", "q", "r", "s", "t")
+_PPG_STREAM, _ECG_STREAM = 1, 2  # the last key of a recording's generator
+
+
+def _ecg_draws(p: Participant, rng: np.random.Generator) -> tuple[float, np.ndarray]:
+    """A recording's first draws: its heart rate, and its P, Q, R, S, T amplitudes after electrode
+    placement (each wave scaled by N(1, 0.05))."""
+    hr = float(np.clip(p.hr_rest + rng.normal(0, 4), 40, 130))
+    amplitudes = np.array((1.2, -5, p.r_amp, -7.5, p.t_amp)) * rng.normal(1, 0.05, 5)
+    return hr, amplitudes
+
+
+def ecg_recording_inputs(seed: int, index: int, rec: int) -> dict[str, float]:
+    """What ECG recording `rec` of participant `index` (cohort `seed`) was simulated from: its own
+    heart rate and wave amplitudes (replaying its generator's first draws, as `_ecg` makes them)
+    and the participant's wave widths/angles and HRV, which every recording shares."""
+    p = sample_participant(seed, index)
+    hr, amplitudes = _ecg_draws(p, _rng(seed, index, rec, _ECG_STREAM))
+    return {
+        "hr": hr,
+        **{f"{w}_amp": float(a) for w, a in zip(ECG_WAVES, amplitudes, strict=True)},
+        "qrs_width": p.qrs_width,
+        "t_angle": p.t_angle,
+        "hrv_std": p.hrv_std,
+        "lfhf": p.lfhf,
+    }
+
+
+def parse_recording_id(recording_id: str) -> tuple[int, int, str, int]:
+    """(seed, participant index, modality, recording) of a SYNTHETIC recording id such as
+    'syn002-000017-ecg1' (see `sample_participant` and `_ecg`/`_ppg`)."""
+    m = re.fullmatch(r"syn(\d+)-(\d+)-(ppg|ecg)(\d+)", recording_id)
+    if m is None:
+        raise ValueError(f"{recording_id!r} is not a SYNTHETIC recording id")
+    return int(m[1]), int(m[2]), m[3], int(m[4])
+
+
 def _ecg(
     p: Participant, rec: int, cfg: CohortConfig, rng: np.random.Generator, bank: NoiseBank | None
 ) -> Record:
     import neurokit2 as nk
 
-    hr = float(np.clip(p.hr_rest + rng.normal(0, 4), 40, 130))
+    hr, amplitudes = _ecg_draws(p, rng)
     ti = (-70, -15, 0, 15, p.t_angle)
-    ai = tuple(np.array((1.2, -5, p.r_amp, -7.5, p.t_amp)) * rng.normal(1, 0.05, 5))  # electrode placement
+    ai = tuple(amplitudes)
     bi = (0.25, 0.1, p.qrs_width, 0.1, 0.4)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
@@ -255,7 +293,7 @@ def simulate_participant(
     records: list[Record] = []
     for r in range(cfg.recordings):
         if "ppg" in cfg.modalities:
-            records.append(_ppg(p, r, cfg, _rng(cfg.seed, index, r, 1), bank))
+            records.append(_ppg(p, r, cfg, _rng(cfg.seed, index, r, _PPG_STREAM), bank))
         if "ecg" in cfg.modalities:
-            records.append(_ecg(p, r, cfg, _rng(cfg.seed, index, r, 2), bank))
+            records.append(_ecg(p, r, cfg, _rng(cfg.seed, index, r, _ECG_STREAM), bank))
     return p, records
