@@ -332,6 +332,23 @@ def test_random_init_spread_bounds_ecg_by_its_recording_inputs(small_store, tmp_
     assert hr["recording_inputs"]["vs_random_init"]["0"]["improvement"] > 0
 
 
+def test_bound_cues_finds_the_per_recording_heart_rate(small_store, tmp_path) -> None:
+    """scripts/bound_cues.py: without the recording's own heart rate the ECG bound loses heart
+    rate; on that input alone it keeps it."""
+    from training.synthetic import ECG_RECORDING_INPUTS
+
+    cues = _script("bound_cues")
+    out = tmp_path / "cues.json"
+    argv = ["--store", str(small_store), "--modality", "ecg", "--targets", "heart_rate", "sex"]
+    assert cues.main([*argv, "--bootstrap", "20", "--out", str(out)]) == 0
+    result = json.loads(out.read_text())
+    assert result["bound"] == "recording_inputs" and list(result["without"]) == list(ECG_RECORDING_INPUTS)
+    assert result["metric"] == {"heart_rate": "mae", "sex": "auc"}
+    hr_mae = result["all"]["heart_rate"]
+    assert result["without"]["hr"]["heart_rate"] > 2 * hr_mae
+    assert result["alone"]["hr"]["heart_rate"] < 2 * hr_mae
+
+
 def test_param_decodability_reads_every_simulator_parameter(small_store, tiny_encoder_pt, tmp_path) -> None:
     """scripts/param_decodability.py: a test R2 per simulator parameter, SSL and random-init, same split."""
     from training.baselines import TRUE_PARAMS

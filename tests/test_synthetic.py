@@ -7,6 +7,7 @@ from pulsefm.datasets import fetch
 from pulsefm.pipeline import process_record
 from pulsefm.preprocess import spec_for
 from training.synthetic import (
+    ECG_RECORDING_INPUTS,
     CohortConfig,
     NoiseBank,
     ecg_recording_inputs,
@@ -66,6 +67,7 @@ def test_recording_inputs_replay_the_recordings_own_draws() -> None:
         seed, index, kind, rec = parse_recording_id(r.recording_id)
         assert (seed, index, kind) == (CFG.seed, 2, "ecg")
         inputs = ecg_recording_inputs(seed, index, rec)
+        assert tuple(inputs) == ECG_RECORDING_INPUTS
         assert inputs["hr"] == r.metadata["heart_rate_bpm"]
         assert abs(inputs["r_amp"] / p.r_amp - 1) < 0.25 and inputs["qrs_width"] == p.qrs_width
     with pytest.raises(ValueError, match="not a SYNTHETIC recording id"):

@@ -152,6 +152,8 @@ class NoiseBank:
 
 
 ECG_WAVES = ("p", "q", "r", "s", "t")
+# the keys of `ecg_recording_inputs`, in order
+ECG_RECORDING_INPUTS = ("hr", *(f"{w}_amp" for w in ECG_WAVES), "qrs_width", "t_angle", "hrv_std", "lfhf")
 _PPG_STREAM, _ECG_STREAM = 1, 2  # the last key of a recording's generator
 
 
