@@ -11,6 +11,13 @@ grouped CV on train only) from the embeddings to each parameter, for the SSL enc
 random-init encoder of the same architecture, and prints test R2 with participant-bootstrap 95%
 CIs. A parameter the SSL encoder reads much better than random weights do is one it has learned
 to keep; one it reads worse is one pretraining taught it to ignore.
+
+Then, for each classification target (sex, condition), the test AUC three ways on each encoder:
+probed directly from the embeddings (the evaluation's probe); from the decoded parameters (the
+ridge decoders above, then a logistic probe on the training participants' decoded values); and
+with the true-parameter probe (fitted on the training participants' true parameters) applied to
+the decoded ones. An encoder that decodes every cue better but loses on the last two has errors
+that fall along the attribute.
 """
 
 from __future__ import annotations
@@ -21,10 +28,25 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+import pandas as pd
+
 from training.baselines import TRUE_PARAMS
 from training.embed import embed_store, embedding_matrix, load_encoder
 from training.evaluate import load_random_init_like
-from training.probe import REGRESSION, Target, held_out_participants, run_probe
+from training.probe import (
+    CLASSIFICATION,
+    REGRESSION,
+    TARGETS,
+    Dataset,
+    Target,
+    design,
+    fit,
+    held_out_participants,
+    metrics,
+    predict,
+    run_probe,
+)
 from training.store import SegmentStore
 
 
@@ -43,11 +65,18 @@ def decodability(
     params = [p for p in TRUE_PARAMS[enc.modality] if p in table.columns]
     rows: dict[str, dict[str, Any]] = {}
     for p in params:
-        target = Target(p, p, REGRESSION, "participant", "", f"simulator parameter {p}")
+        target = _param(p)
         rows[p] = {}
         for name, x in features.items():
             r = run_probe(table, x, target, test_ids, n_boot, 0)
             rows[p][name] = {"r2": r.metrics["r2"], "ci95": r.ci95["r2"], "n_test": r.n_test}
+    classes = [
+        t for t, spec in TARGETS.items() if spec.kind == CLASSIFICATION and spec.column in table.columns
+    ]
+    through = {
+        t: {n: through_parameters(table, x, params, t, test_ids) for n, x in features.items()}
+        for t in classes
+    }
     return {
         "encoder": encoder_path,
         "encoder_version": enc.version,
@@ -56,6 +85,48 @@ def decodability(
         "random_init_seed": random_init_seed,
         "split": {"test_fraction": test_fraction, "seed": 0, "unit": "participant"},
         "params": rows,
+        "through_parameters": through,
+    }
+
+
+def _param(p: str) -> Target:
+    return Target(p, p, REGRESSION, "participant", "", f"simulator parameter {p}")
+
+
+def _split(data: Dataset, test_ids: set[str]) -> tuple[Dataset, Dataset]:
+    is_test = np.isin(data.groups, list(test_ids))
+    part = [Dataset(data.x[m], data.y[m], data.groups[m]) for m in (~is_test, is_test)]
+    return part[0], part[1]
+
+
+def through_parameters(
+    table: pd.DataFrame, x: np.ndarray, params: Sequence[str], target: str, test_ids: set[str]
+) -> dict[str, float]:
+    """`target`'s test AUC: direct, from the decoded parameters, and by the true-parameter probe
+    applied to the decoded parameters (module docstring)."""
+    train, test = _split(design(table, x, TARGETS[target]), test_ids)
+    decoded: list[tuple[np.ndarray, np.ndarray]] = []
+    true_train = []
+    for p in params:
+        p_train, p_test = _split(design(table, x, _param(p)), test_ids)
+        if not (np.array_equal(p_train.groups, train.groups) and np.array_equal(p_test.groups, test.groups)):
+            raise ValueError(f"{p}: participants differ from {target}'s")
+        ridge, _ = fit(p_train, REGRESSION)
+        decoded.append((predict(ridge, p_train.x, REGRESSION), predict(ridge, p_test.x, REGRESSION)))
+        true_train.append(p_train.y)
+    dec_train = np.stack([d[0] for d in decoded], axis=1)
+    dec_test = np.stack([d[1] for d in decoded], axis=1)
+
+    def auc(head: Any, features: np.ndarray) -> float:
+        return metrics(test.y, predict(head, features, CLASSIFICATION), CLASSIFICATION)["auc"]
+
+    direct, _ = fit(train, CLASSIFICATION)
+    from_decoded, _ = fit(Dataset(dec_train, train.y, train.groups), CLASSIFICATION)
+    true_head, _ = fit(Dataset(np.stack(true_train, axis=1), train.y, train.groups), CLASSIFICATION)
+    return {
+        "direct": auc(direct, test.x),
+        "decoded_params": auc(from_decoded, dec_test),
+        "true_param_probe_on_decoded": auc(true_head, dec_test),
     }
 
 
@@ -70,6 +141,11 @@ def markdown(result: dict[str, Any]) -> str:
             for k in ("ssl", "random_init")
         ]
         lines.append(f"| {p} | " + " | ".join(cells) + " |")
+    if result.get("through_parameters"):
+        lines += ["", "| target (test AUC) | way | SSL | random-init |", "|---|---|---|---|"]
+        for target, by in result["through_parameters"].items():
+            for way in by["ssl"]:
+                lines.append(f"| {target} | {way} | {by['ssl'][way]:.3f} | {by['random_init'][way]:.3f} |")
     return "\n".join(lines)
 
 

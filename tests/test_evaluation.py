@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from training.config import PRESETS
-from training.embed import aggregate, embedding_matrix, load_encoder, with_embeddings
+from training.embed import aggregate, embed_store, embedding_matrix, load_encoder, with_embeddings
 from training.evaluate import effective_rank, retrieval_top1
 from training.probe import (
     TARGETS,
@@ -366,3 +366,13 @@ def test_param_decodability_reads_every_simulator_parameter(small_store, tiny_en
     # the random-init encoder draws other weights than the (untrained) "SSL" one, so it reads differently
     assert any(row["ssl"]["r2"] != row["random_init"]["r2"] for row in result["params"].values())
     assert all(f"| {p} |" in decode.markdown(result) for p in result["params"])
+    # classification targets read three ways; "direct" is the evaluation's own probe on that split
+    through = result["through_parameters"]
+    assert "sex" in through and set(through["sex"]) == {"ssl", "random_init"}
+    ways = {"direct", "decoded_params", "true_param_probe_on_decoded"}
+    assert all(
+        set(v) == ways and all(0 <= a <= 1 for a in v.values()) for t in through.values() for v in t.values()
+    )
+    table = embed_store(str(small_store), load_encoder(tiny_encoder_pt))
+    (sex,) = run_probes(table, embedding_matrix(table), ["sex"])
+    assert through["sex"]["ssl"]["direct"] == pytest.approx(sex.metrics["auc"])
