@@ -46,6 +46,7 @@ from training.probe import (
     metrics,
     predict,
     run_probe,
+    split,
 )
 from training.store import SegmentStore
 
@@ -73,8 +74,9 @@ def decodability(
     classes = [
         t for t, spec in TARGETS.items() if spec.kind == CLASSIFICATION and spec.column in table.columns
     ]
+    decoded = {n: decode_parameters(table, x, params, test_ids) for n, x in features.items()}
     through = {
-        t: {n: through_parameters(table, x, params, t, test_ids) for n, x in features.items()}
+        t: {n: through_parameters(table, x, decoded[n], t, test_ids) for n, x in features.items()}
         for t in classes
     }
     return {
@@ -93,40 +95,44 @@ def _param(p: str) -> Target:
     return Target(p, p, REGRESSION, "participant", "", f"simulator parameter {p}")
 
 
-def _split(data: Dataset, test_ids: set[str]) -> tuple[Dataset, Dataset]:
-    is_test = np.isin(data.groups, list(test_ids))
-    part = [Dataset(data.x[m], data.y[m], data.groups[m]) for m in (~is_test, is_test)]
-    return part[0], part[1]
+def decode_parameters(
+    table: pd.DataFrame, x: np.ndarray, params: Sequence[str], test_ids: set[str]
+) -> tuple[Dataset, Dataset]:
+    """(train, test) participants with x = each parameter's ridge decoding (fitted on train) and
+    y = its true value, one column per parameter in `params` order."""
+    parts = [split(design(table, x, _param(p)), test_ids) for p in params]
+    decoders = [fit(train, REGRESSION)[0] for train, _ in parts]
+
+    def stack(side: int) -> Dataset:
+        sets = [part[side] for part in parts]
+        if any(not np.array_equal(s.groups, sets[0].groups) for s in sets):
+            raise ValueError("the simulator parameters cover different participants")
+        decoded = [predict(d, s.x, REGRESSION) for d, s in zip(decoders, sets, strict=True)]
+        return Dataset(np.stack(decoded, axis=1), np.stack([s.y for s in sets], axis=1), sets[0].groups)
+
+    return stack(0), stack(1)
 
 
 def through_parameters(
-    table: pd.DataFrame, x: np.ndarray, params: Sequence[str], target: str, test_ids: set[str]
+    table: pd.DataFrame, x: np.ndarray, decoded: tuple[Dataset, Dataset], target: str, test_ids: set[str]
 ) -> dict[str, float]:
     """`target`'s test AUC: direct, from the decoded parameters, and by the true-parameter probe
-    applied to the decoded parameters (module docstring)."""
-    train, test = _split(design(table, x, TARGETS[target]), test_ids)
-    decoded: list[tuple[np.ndarray, np.ndarray]] = []
-    true_train = []
-    for p in params:
-        p_train, p_test = _split(design(table, x, _param(p)), test_ids)
-        if not (np.array_equal(p_train.groups, train.groups) and np.array_equal(p_test.groups, test.groups)):
-            raise ValueError(f"{p}: participants differ from {target}'s")
-        ridge, _ = fit(p_train, REGRESSION)
-        decoded.append((predict(ridge, p_train.x, REGRESSION), predict(ridge, p_test.x, REGRESSION)))
-        true_train.append(p_train.y)
-    dec_train = np.stack([d[0] for d in decoded], axis=1)
-    dec_test = np.stack([d[1] for d in decoded], axis=1)
+    applied to the decoded parameters (module docstring); `decoded` from `decode_parameters`."""
+    train, test = split(design(table, x, TARGETS[target]), test_ids)
+    dec_train, dec_test = decoded
+    if not (np.array_equal(dec_train.groups, train.groups) and np.array_equal(dec_test.groups, test.groups)):
+        raise ValueError(f"the decoded parameters cover other participants than {target}'s labels")
 
     def auc(head: Any, features: np.ndarray) -> float:
         return metrics(test.y, predict(head, features, CLASSIFICATION), CLASSIFICATION)["auc"]
 
     direct, _ = fit(train, CLASSIFICATION)
-    from_decoded, _ = fit(Dataset(dec_train, train.y, train.groups), CLASSIFICATION)
-    true_head, _ = fit(Dataset(np.stack(true_train, axis=1), train.y, train.groups), CLASSIFICATION)
+    from_decoded, _ = fit(Dataset(dec_train.x, train.y, train.groups), CLASSIFICATION)
+    true_head, _ = fit(Dataset(dec_train.y, train.y, train.groups), CLASSIFICATION)
     return {
         "direct": auc(direct, test.x),
-        "decoded_params": auc(from_decoded, dec_test),
-        "true_param_probe_on_decoded": auc(true_head, dec_test),
+        "decoded_params": auc(from_decoded, dec_test.x),
+        "true_param_probe_on_decoded": auc(true_head, dec_test.x),
     }
 
 

@@ -94,6 +94,14 @@ def held_out_participants(
     return {p for p, s in split.items() if s == "test"}
 
 
+def split(data: Dataset, test_ids: set[str]) -> tuple[Dataset, Dataset]:
+    """(train, test) rows of `data`: test holds the participants in `test_ids`."""
+    is_test = np.isin(data.groups, list(test_ids))
+    train = Dataset(data.x[~is_test], data.y[~is_test], data.groups[~is_test])
+    test = Dataset(data.x[is_test], data.y[is_test], data.groups[is_test])
+    return train, test
+
+
 def fit(train: Dataset, kind: str, seed: int = 0) -> tuple[Any, float]:
     """Standardise + ridge/logistic; strength picked by grouped 5-fold CV on `train` only."""
     from sklearn.linear_model import LogisticRegression, Ridge
@@ -216,10 +224,7 @@ def run_probe(
     n_boot: int = 1000,
     seed: int = 0,
 ) -> ProbeResult:
-    data = design(table, features, target)
-    is_test = np.isin(data.groups, list(test_ids))
-    train = Dataset(data.x[~is_test], data.y[~is_test], data.groups[~is_test])
-    test = Dataset(data.x[is_test], data.y[is_test], data.groups[is_test])
+    train, test = split(design(table, features, target), test_ids)
     if len(np.unique(train.groups)) < 2 or test.y.size == 0:
         raise ValueError(f"{target.name}: too few participants for a split")
     if target.kind == CLASSIFICATION and min(len(np.unique(train.y)), len(np.unique(test.y))) < 2:
