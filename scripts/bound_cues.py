@@ -26,8 +26,8 @@ from training.store import SegmentStore
 from training.synthetic import ECG_RECORDING_INPUTS
 
 
-def bound_inputs(store: SegmentStore, modality: str) -> tuple[Any, list[str], np.ndarray]:
-    """(segment table of `modality`, input names, inputs per row) for the modality's bound."""
+def bound_inputs(store: SegmentStore, modality: str) -> tuple[Any, str, list[str], np.ndarray]:
+    """(segment table of `modality`, the bound's name, its input names, inputs per row)."""
     if not store.synthetic:
         raise ValueError(f"{store.root}: not a SYNTHETIC store, so it has no simulator inputs")
     rows = store.indices(modality)
@@ -35,14 +35,14 @@ def bound_inputs(store: SegmentStore, modality: str) -> tuple[Any, list[str], np
         raise ValueError(f"{store.root}: no {modality} segments")
     table = store.manifest.iloc[rows].reset_index(drop=True)
     if modality == "ecg":
-        return table, list(ECG_RECORDING_INPUTS), recording_inputs(table, modality)
-    return table, list(TRUE_PARAMS[modality]), true_params(table, modality)
+        return table, "recording_inputs", list(ECG_RECORDING_INPUTS), recording_inputs(table, modality)
+    return table, "true_params", list(TRUE_PARAMS[modality]), true_params(table, modality)
 
 
 def cues(
     store: str, modality: str, targets: Sequence[str], test_fraction: float, n_boot: int
 ) -> dict[str, Any]:
-    table, names, x = bound_inputs(SegmentStore(store), modality)
+    table, bound, names, x = bound_inputs(SegmentStore(store), modality)
     targets = [t for t in targets if TARGETS[t].column in table.columns]
 
     def score(cols: list[int]) -> dict[str, float]:
@@ -56,7 +56,7 @@ def cues(
         "store": store,
         "modality": modality,
         "synthetic": True,
-        "bound": "recording_inputs" if modality == "ecg" else "true_params",
+        "bound": bound,
         "split": {"test_fraction": test_fraction, "seed": 0, "unit": "participant"},
         "metric": {t: headline_metric(TARGETS[t].kind) for t in targets},
         "all": score(every),
