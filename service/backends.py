@@ -17,18 +17,20 @@ from typing import Any, Protocol
 import numpy as np
 
 from pulsefm import contract as C
-from service.registry import ModelVersion
+from service.errors import BackendUnavailable
+from service.registry import LoadFailure, ModelVersion
 
-
-class BackendUnavailable(RuntimeError):
-    """The inference server cannot be reached or refused the call."""
+__all__ = ["Backend", "BackendUnavailable", "FakeBackend", "OrtBackend", "TritonBackend"]
 
 
 class Backend(Protocol):
     name: str
     max_batch: int
 
-    async def load(self, models: list[ModelVersion]) -> None: ...
+    async def load(self, models: list[ModelVersion]) -> list[LoadFailure]:
+        """Load what is not loaded yet; a version that fails is returned, the others still load."""
+        ...
+
     async def health(self) -> bool: ...
     async def embed(self, mv: ModelVersion, x: np.ndarray) -> np.ndarray: ...
     async def predict(self, mv: ModelVersion, emb: np.ndarray) -> np.ndarray: ...
@@ -38,36 +40,76 @@ class Backend(Protocol):
 RETIRE_AFTER_S = 120.0  # sessions of versions no longer served stay this long for in-flight requests
 
 
+class ContractMismatch(ValueError):
+    """A model file whose inputs/outputs are not the serving contract's."""
+
+
+def check_contract(sess: Any, kind: str, mv: ModelVersion) -> None:
+    """The session's tensor names and fixed dims must be `pulsefm.contract`'s (and K = the card's outputs)."""
+    if kind == "encoder":
+        want_in = (C.ENCODER_INPUT, C.encoder_contract(mv.modality).input.dims)
+        want_out = (C.ENCODER_OUTPUT, (C.EMBED_DIM,))
+    else:
+        want_in = (C.PROBES_INPUT, (C.EMBED_DIM,))
+        want_out = (C.PROBES_OUTPUT, (len(mv.outputs),))
+    for got, (name, dims) in ((sess.get_inputs(), want_in), (sess.get_outputs(), want_out)):
+        if len(got) != 1 or got[0].name != name or tuple(got[0].shape[1:]) != tuple(dims):
+            seen = [(t.name, list(t.shape)) for t in got]
+            raise ContractMismatch(
+                f"{kind} {mv.modality} v{mv.version}: expected {name} [B, {dims}], got {seen}"
+            )
+
+
 class OrtBackend:
     """onnxruntime sessions per (model, version), run on a small thread pool (ORT releases the GIL)."""
 
     name = "onnxruntime"
 
-    def __init__(self, threads: int = 0, workers: int = 2, max_batch: int = C.MAX_BATCH_SIZE) -> None:
-        self.threads, self.max_batch = threads, max_batch
+    def __init__(
+        self, threads: int = 0, workers: int = 2, max_batch: int = C.MAX_BATCH_SIZE, spinning: bool = False
+    ) -> None:
+        self.threads, self.max_batch, self.spinning = threads, max_batch, spinning
         self.pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="ort")
         self.sessions: dict[tuple[str, int], Any] = {}
+        self.loaded_sha: dict[tuple[str, int], str] = {}
         self.retired: dict[tuple[str, int], float] = {}
 
-    def _session(self, path: Any) -> Any:
+    def _session(self, path: Any, kind: str, mv: ModelVersion) -> Any:
         import onnxruntime as ort
 
         opts = ort.SessionOptions()
         if self.threads:
             opts.intra_op_num_threads = self.threads
-        return ort.InferenceSession(str(path / C.MODEL_FILE), opts, providers=["CPUExecutionProvider"])
+        if not self.spinning:  # idle intra-op threads would otherwise spin, taking a core from the gateway
+            opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        sess = ort.InferenceSession(str(path / C.MODEL_FILE), opts, providers=["CPUExecutionProvider"])
+        check_contract(sess, kind, mv)
+        return sess
 
-    async def load(self, models: list[ModelVersion]) -> None:
+    async def load(self, models: list[ModelVersion]) -> list[LoadFailure]:
         loop = asyncio.get_running_loop()
         wanted: set[tuple[str, int]] = set()
+        failed: list[LoadFailure] = []
         for mv in models:
-            for kind, path in (("encoder", mv.encoder_dir), ("probes", mv.probes_dir)):
+            for kind, path, card in (
+                ("encoder", mv.encoder_dir, mv.encoder_card),
+                ("probes", mv.probes_dir, mv.probes_card),
+            ):
                 if path is None:
                     continue
                 key = (C.model_name(mv.modality, kind), mv.version)
+                sha = str((card or {}).get("sha256", ""))
+                if key not in self.sessions or self.loaded_sha.get(key) != sha:
+                    try:
+                        self.sessions[key] = await loop.run_in_executor(
+                            self.pool, self._session, path, kind, mv
+                        )
+                        self.loaded_sha[key] = sha
+                    except Exception as exc:  # onnxruntime raises its own types for a bad file
+                        reason = "contract" if isinstance(exc, ContractMismatch) else "load"
+                        failed.append(LoadFailure(mv.modality, mv.version, kind, reason, str(exc)[:300]))
+                        continue
                 wanted.add(key)
-                if key not in self.sessions:
-                    self.sessions[key] = await loop.run_in_executor(self.pool, self._session, path)
                 self.retired.pop(key, None)
         now = time.monotonic()
         for key in list(self.sessions):
@@ -75,6 +117,8 @@ class OrtBackend:
                 self.retired.setdefault(key, now)
                 if now - self.retired[key] > RETIRE_AFTER_S:
                     del self.sessions[key], self.retired[key]
+                    self.loaded_sha.pop(key, None)
+        return failed
 
     async def warmup(self, models: list[ModelVersion]) -> None:
         for mv in models:
@@ -121,20 +165,32 @@ class TritonBackend:
         self.mod: Any = client_mod
         self.client: Any = client_mod.InferenceServerClient(url)
 
-    async def load(self, models: list[ModelVersion]) -> None:
-        """Ask Triton to (re)load each model; harmless when it already serves them (non-explicit mode)."""
-        names = {
-            C.model_name(mv.modality, k)
-            for mv in models
-            for k in ("encoder", "probes")
-            if k == "encoder" or mv.probes_dir
-        }
-        for name in sorted(names):
-            try:
-                await self.client.load_model(name)
-            except Exception as exc:  # tritonclient raises its own InferenceServerException
-                if "explicit" not in str(exc).lower() and "polling" not in str(exc).lower():
-                    raise BackendUnavailable(f"triton load {name}: {exc}") from exc
+    async def load(self, models: list[ModelVersion]) -> list[LoadFailure]:
+        """Ask Triton to (re)load each model; harmless when it already serves them (non-explicit mode).
+        Triton loads a model's versions together: a model it refuses fails all its versions here."""
+        if not await self.health():
+            raise BackendUnavailable(f"triton at {self.url} is not ready")
+        failed: list[LoadFailure] = []
+        for kind in ("encoder", "probes"):
+            for modality in sorted({mv.modality for mv in models}):
+                name = C.model_name(modality, kind)
+                versions = [
+                    mv for mv in models if mv.modality == modality and (kind == "encoder" or mv.probes_dir)
+                ]
+                if not versions:
+                    continue
+                try:
+                    await self.client.load_model(name)
+                except Exception as exc:  # tritonclient raises its own InferenceServerException
+                    text = str(exc).lower()
+                    if "explicit" in text or "polling" in text:
+                        continue
+                    if "connect" in text or "unavailable" in text:
+                        raise BackendUnavailable(f"triton load {name}: {exc}") from exc
+                    failed += [
+                        LoadFailure(modality, mv.version, kind, "load", str(exc)[:300]) for mv in versions
+                    ]
+        return failed
 
     async def warmup(self, models: list[ModelVersion]) -> None:
         for mv in models:
@@ -184,8 +240,8 @@ class FakeBackend:
         self.max_batch, self.delay_s, self.healthy = max_batch, delay_s, healthy
         self.batches: list[int] = []
 
-    async def load(self, models: list[ModelVersion]) -> None:
-        return None
+    async def load(self, models: list[ModelVersion]) -> list[LoadFailure]:
+        return []
 
     async def warmup(self, models: list[ModelVersion]) -> None:
         return None

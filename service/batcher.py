@@ -18,11 +18,10 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from service.errors import Overloaded
 from service.metrics import BATCH_SIZE, DROPPED, QUEUE_DEPTH, STAGE_SECONDS
 
-
-class Overloaded(RuntimeError):
-    """The queue is full; retry later."""
+__all__ = ["MicroBatcher", "Overloaded"]
 
 
 @dataclass

@@ -13,7 +13,11 @@ STAGE_SECONDS = Histogram(
     ["stage", "endpoint"],
     buckets=BUCKETS,
 )
-REQUESTS = Counter("pulsefm_requests_total", "Requests by endpoint and status code", ["endpoint", "status"])
+REQUESTS = Counter(
+    "pulsefm_requests_total",
+    'Answers by route template (unmatched paths: "unmatched") and status code, every status',
+    ["endpoint", "status"],
+)
 SEGMENTS = Counter("pulsefm_segments_total", "Segments received", ["endpoint", "modality"])
 FAILURES = Counter("pulsefm_request_failures_total", "Failed requests by reason", ["reason"])
 BATCH_SIZE = Histogram(
@@ -30,3 +34,31 @@ DROPPED = Counter(
 )
 MODEL_INFO = Info("pulsefm_model", "Served model versions")
 BACKEND_UP = Gauge("pulsefm_backend_up", "1 if the inference backend answered its last health check")
+ADMISSION = Counter(
+    "pulsefm_admission_total",
+    "Inference requests admitted or refused (429) before their body was read",
+    ["outcome"],
+)
+BODY_BYTES_IN_FLIGHT = Gauge(
+    "pulsefm_body_bytes_in_flight", "Request body bytes reserved by admitted requests (all connections)"
+)
+MODEL_LOAD_FAILURES = Counter(
+    "pulsefm_model_load_failures_total",
+    "Model versions that failed to load (corrupt file, checksum, contract), per attempt",
+    ["modality", "reason"],
+)
+MODELS_FAILED = Gauge(
+    "pulsefm_models_failed", "Model versions on disk that are not served because they failed"
+)
+CACHE_BYPASSED = Counter(
+    "pulsefm_cache_bypassed_total",
+    "Cache operations skipped while the circuit breaker is open (cache unhealthy)",
+    ["cache", "op"],
+)
+CACHE_BREAKER_OPEN = Gauge(
+    "pulsefm_cache_breaker_open", "1 while the cache circuit breaker is open", ["cache"]
+)
+CONNECTIONS = Gauge("pulsefm_connections", "Open client connections")
+CONNECTIONS_REFUSED = Counter(
+    "pulsefm_connections_refused_total", "Connections closed at once or timed out", ["reason"]
+)

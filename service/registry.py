@@ -3,10 +3,16 @@
 A "model version" in the API is one integer per modality: `<mod>_encoder/<N>` and, when present,
 `<mod>_probes/<N>` (published together by `pulse-fm publish`). The served versions follow each
 encoder's config.pbtxt version policy (latest K, or a pinned list) as Triton would.
+
+A version that cannot be trusted is never served and never takes others down: an unreadable
+card, or a model.onnx whose sha256 is not the card's (truncated, changed in place), makes that
+version a `LoadFailure` (reported by /v1/models, logged, counted); the rest of the repository is
+served as usual. The backend adds its own failures (file that does not load, contract mismatch).
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import re
 from dataclasses import dataclass, field
@@ -16,10 +22,33 @@ from typing import Any
 from pulsefm import contract as C
 from pulsefm.preprocess import PreprocessSpec, spec_for
 from pulsefm.records import Modality
+from service.errors import UnknownModel
 
 
-class UnknownModel(LookupError):
-    """No such modality or version in the repository."""
+@dataclass(frozen=True)
+class LoadFailure:
+    """A version on disk that is not served, and why."""
+
+    modality: str
+    version: int
+    kind: str  # encoder | probes
+    reason: str  # short machine label: card, checksum, load, contract, warmup
+    detail: str
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "modality": self.modality,
+            "version": self.version,
+            "kind": self.kind,
+            "reason": self.reason,
+            "detail": self.detail,
+        }
+
+
+class BadVersion(ValueError):
+    def __init__(self, reason: str, detail: str) -> None:
+        super().__init__(detail)
+        self.reason = reason
 
 
 @dataclass(frozen=True)
@@ -70,14 +99,48 @@ def served_versions(model_dir: Path) -> list[int]:
     return on_disk[-int(latest.group(1)) :] if latest else on_disk[-1:]
 
 
+_SHA_CACHE: dict[tuple[str, int, int], str] = {}
+
+
+def file_sha256(path: Path) -> str:
+    """sha256 of a file, remembered by (path, size, mtime) so that polling the repository is cheap."""
+    st = path.stat()
+    key = (str(path), st.st_size, st.st_mtime_ns)
+    if key not in _SHA_CACHE:
+        h = hashlib.sha256()
+        with path.open("rb") as f:
+            for block in iter(lambda: f.read(1 << 20), b""):
+                h.update(block)
+        _SHA_CACHE[key] = h.hexdigest()
+    return _SHA_CACHE[key]
+
+
 def _card(path: Path) -> dict[str, Any]:
-    card = path / C.CARD_FILE
-    return json.loads(card.read_text()) if card.is_file() else {}
+    """The version's card, its model file checked against the card's sha256."""
+    card_path = path / C.CARD_FILE
+    try:
+        card = json.loads(card_path.read_text())
+    except (OSError, ValueError) as exc:
+        raise BadVersion("card", f"{card_path}: unreadable card ({exc})") from None
+    if not isinstance(card, dict) or not isinstance(card.get("sha256"), str):
+        raise BadVersion("card", f"{card_path}: card without a sha256")
+    model = path / C.MODEL_FILE
+    try:
+        digest = file_sha256(model)
+    except OSError as exc:
+        raise BadVersion("checksum", f"{model}: cannot read ({exc})") from None
+    if digest != card["sha256"]:
+        raise BadVersion(
+            "checksum",
+            f"{model}: sha256 {digest[:12]} is not the card's {card['sha256'][:12]} (changed or truncated)",
+        )
+    return card
 
 
-def scan(repo: Path) -> dict[str, dict[int, ModelVersion]]:
-    """modality -> version -> ModelVersion for everything the repository serves."""
+def scan_all(repo: Path) -> tuple[dict[str, dict[int, ModelVersion]], list[LoadFailure]]:
+    """modality -> version -> ModelVersion for what the repository serves, and what it cannot."""
     out: dict[str, dict[int, ModelVersion]] = {}
+    failed: list[LoadFailure] = []
     for modality in Modality:
         enc_dir = repo / C.model_name(modality, "encoder")
         if not enc_dir.is_dir():
@@ -85,19 +148,31 @@ def scan(repo: Path) -> dict[str, dict[int, ModelVersion]]:
         probe_dir = repo / C.model_name(modality, "probes")
         probe_versions = set(served_versions(probe_dir)) if probe_dir.is_dir() else set()
         for v in served_versions(enc_dir):
-            card = _card(enc_dir / str(v))
-            if not card:
+            if not (enc_dir / str(v) / C.CARD_FILE).is_file():
+                continue  # being published: the card is written last
+            kind = "encoder"
+            try:
+                card = _card(enc_dir / str(v))
+                kind = "probes"
+                has_probes = v in probe_versions and (probe_dir / str(v) / C.CARD_FILE).is_file()
+                probes_card = _card(probe_dir / str(v)) if has_probes else None
+            except BadVersion as exc:
+                failed.append(LoadFailure(str(modality), v, kind, exc.reason, str(exc)))
                 continue
-            has_probes = v in probe_versions
             out.setdefault(str(modality), {})[v] = ModelVersion(
                 modality=str(modality),
                 version=v,
                 encoder_dir=enc_dir / str(v),
                 encoder_card=card,
                 probes_dir=probe_dir / str(v) if has_probes else None,
-                probes_card=_card(probe_dir / str(v)) if has_probes else None,
+                probes_card=probes_card,
             )
-    return out
+    return out, failed
+
+
+def scan(repo: Path) -> dict[str, dict[int, ModelVersion]]:
+    """modality -> version -> ModelVersion for everything the repository serves."""
+    return scan_all(repo)[0]
 
 
 class Registry:
@@ -106,15 +181,15 @@ class Registry:
     def __init__(self, repo: Path) -> None:
         self.repo = Path(repo)
         self.models: dict[str, dict[int, ModelVersion]] = {}
+        self.failed: list[LoadFailure] = []
 
     def reload(self) -> dict[str, dict[int, ModelVersion]]:
         if not self.repo.is_dir():
             raise FileNotFoundError(
                 f"{self.repo}: model repository not found (run `make model` or publish one)"
             )
-        new = scan(self.repo)
-        self.models = new
-        return new
+        self.models, self.failed = scan_all(self.repo)
+        return self.models
 
     def resolve(self, modality: str, version: int | None = None) -> ModelVersion:
         versions = self.models.get(str(modality))

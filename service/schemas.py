@@ -59,11 +59,16 @@ class PredictResponse(BaseModel):
 class ModelsResponse(BaseModel):
     backend: str
     models: list[dict[str, Any]]
+    failed: list[dict[str, Any]] = Field(
+        default_factory=list,
+        description="versions on disk that are not served: modality, version, kind, reason, detail",
+    )
 
 
 class ErrorResponse(BaseModel):
     error: str = Field(examples=["validation"])
     detail: str
+    request_id: str = Field(description="also in the X-Request-ID header; a 500 is logged under it")
     problems: list[dict[str, Any]] | None = Field(
         None, examples=[[{"segment": 0, "reason": "flat_line", "detail": "segment 0: flat line"}]]
     )
@@ -72,11 +77,14 @@ class ErrorResponse(BaseModel):
 ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
     code: {"model": ErrorResponse, "description": text}
     for code, text in {
-        401: "missing or wrong API key",
+        401: "missing or unknown API key",
+        403: "a key without the role this route needs, or admin routes not configured",
         404: "no such modality or version",
+        408: "the body did not arrive in time",
         413: "payload over the size limit",
-        422: "invalid signal or request (reasons listed per segment)",
-        429: "queue full; retry after Retry-After seconds",
+        422: "invalid signal or request (reasons listed per segment); non-finite model output",
+        429: "too much in flight; retry after Retry-After seconds",
+        500: "a bug: the body names only the request id",
         503: "backend unavailable or not ready",
     }.items()
 }

@@ -26,10 +26,17 @@ class Settings(BaseSettings):
     triton_url: str = "127.0.0.1:8001"
     triton_protocol: Literal["grpc", "http"] = "grpc"
     ort_threads: int = Field(0, description="onnxruntime intra-op threads (0 = onnxruntime's default)")
+    ort_spinning: bool = Field(
+        False, description="let idle onnxruntime threads spin (burns a core when idle)"
+    )
+    cpu_workers: int = Field(2, description="threads for decoding + preprocessing (their own bounded pool)")
 
     # micro-batching (defaults from the Triton contract)
     max_batch: int = C.MAX_BATCH_SIZE
     max_wait_ms: float = C.MAX_QUEUE_DELAY_US / 1000
+    max_inflight_requests: int = Field(
+        32, description="inference requests admitted at once, before their body is read; beyond: 429"
+    )
     max_inflight_segments: int = Field(
         256, description="segments admitted at once (validated, not yet answered); beyond: 429 + Retry-After"
     )
@@ -39,6 +46,16 @@ class Settings(BaseSettings):
     # request limits
     max_segments: int = Field(64, description="segments per request")
     max_body_bytes: int = Field(64 * 1024 * 1024, description="larger bodies get 413")
+    max_body_bytes_in_flight: int = Field(
+        256 * 1024 * 1024,
+        description="body bytes reserved by admitted requests, all connections; beyond: 429",
+    )
+    body_timeout_s: float = Field(30.0, description="a body not received within this is a 408")
+    header_timeout_s: float = Field(
+        10.0, description="a connection whose request headers are not complete: closed"
+    )
+    keepalive_timeout_s: float = Field(5.0, description="idle keep-alive connections are closed after this")
+    max_connections: int = Field(1024, description="open connections; beyond, new ones are closed at once")
     min_fs: float = 16.0
     max_fs: float = 4096.0
     duration_tolerance: float = Field(0.02, description="relative slack on a segment's duration")
@@ -47,11 +64,18 @@ class Settings(BaseSettings):
     redis_url: str | None = Field(None, description="e.g. redis://127.0.0.1:6379/0; unset = in-process LRU")
     cache_ttl_s: int = 7 * 24 * 3600
     lru_entries: int = 10_000
-    redis_timeout_s: float = 0.25
+    redis_timeout_s: float = Field(0.1, description="hard time budget of one cache call")
+    cache_breaker_failures: int = Field(3, description="cache failures in a row that open the breaker")
+    cache_breaker_cooldown_s: float = Field(5.0, description="the cache is bypassed this long, then retried")
 
-    # security: comma-separated keys; empty = open (embedded default)
+    # security: comma-separated keys. api_keys empty = inference and /v1/models open (embedded
+    # default); admin routes are closed unless admin_keys is set (or admin_from_loopback is opted into)
     api_keys: str = ""
     admin_keys: str = ""
+    admin_from_loopback: bool = Field(
+        False, description="allow admin routes without a key from 127.0.0.1/::1"
+    )
+    retry_failed_s: float = Field(10.0, description="retry model versions that failed to load every N s")
     startup_wait_s: float = Field(30.0, description="wait this long for the backend before serving 503s")
     watch_repo_s: float = Field(0.0, description="poll the repository for new versions every N s (0 = off)")
 

@@ -95,7 +95,9 @@ def test_redis_killed_mid_load_then_back(repo) -> None:
     redis_proc = _redis(port)
     x = raw_segments("ecg", 8, 128.0)
     body = {"modality": "ecg", "fs": 128, "segments": x[:2].tolist()}
-    settings = Settings(repo=repo, redis_url=f"redis://127.0.0.1:{port}/0", redis_timeout_s=0.2)
+    settings = Settings(
+        repo=repo, redis_url=f"redis://127.0.0.1:{port}/0", redis_timeout_s=0.2, cache_breaker_cooldown_s=1.0
+    )
     try:
         with ServerThread(create_app(settings)) as server, httpx.Client(base_url=server.url, timeout=30) as c:
             assert c.post("/v1/embed", json=body).json()["quality"][0]["cached"] is False
@@ -105,18 +107,23 @@ def test_redis_killed_mid_load_then_back(repo) -> None:
             for _ in range(5):  # served without the cache, never an error
                 r = c.post("/v1/embed", json=body)
                 assert r.status_code == 200 and r.json()["quality"][0]["cached"] is False
-            errors = [
-                ln
-                for ln in c.get("/metrics").text.splitlines()
-                if ln.startswith("pulsefm_cache_errors_total{")
-            ]
-            assert sum(float(ln.split()[-1]) for ln in errors) >= 5
+            text = c.get("/metrics").text
+            errors = _total(text, "pulsefm_cache_errors_total{")
+            bypassed = _total(text, "pulsefm_cache_bypassed_total{")
+            # three failures in a row open the breaker; the rest of the calls skip Redis
+            assert errors >= 3 and bypassed >= 1 and errors + bypassed >= 10, (errors, bypassed)
+            assert 'pulsefm_cache_breaker_open{cache="redis"} 1.0' in text
             redis_proc = _redis(port)  # Redis returns (empty: it keeps nothing on disk)
+            time.sleep(1.1)  # the breaker's cool-down: the next call tries Redis again
             c.post("/v1/embed", json=body)  # repopulates
             r = c.post("/v1/embed", json=body)
             assert r.status_code == 200 and r.json()["quality"][0]["cached"] is True
     finally:
         redis_proc.kill()
+
+
+def _total(metrics: str, prefix: str) -> float:
+    return sum(float(ln.split()[-1]) for ln in metrics.splitlines() if ln.startswith(prefix))
 
 
 @pytest.mark.triton

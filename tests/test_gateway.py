@@ -194,9 +194,14 @@ def test_api_keys(repo) -> None:
         assert c.post("/v1/embed", json=body).status_code == 401
         assert c.post("/v1/embed", json=body, headers={"X-API-Key": "nope"}).status_code == 401
         assert c.post("/v1/embed", json=body, headers={"X-API-Key": "k2"}).status_code == 200
-        assert c.post("/v1/admin/reload", headers={"X-API-Key": "k1"}).status_code == 401
+        assert c.post("/v1/admin/reload", headers={"X-API-Key": "k1"}).status_code == 403  # no admin role
+        assert c.post("/v1/admin/reload", headers={"X-API-Key": "nope"}).status_code == 401
+        assert c.post("/v1/admin/reload").status_code == 401
         assert c.post("/v1/admin/reload", headers={"X-API-Key": "root"}).status_code == 200
+        assert c.get("/v1/models").status_code == 401  # cards and checksums need a key too
+        assert c.get("/v1/models", headers={"X-API-Key": "k1"}).status_code == 200
         assert c.get("/healthz").status_code == 200  # probes stay open
+        assert c.get("/readyz").status_code == 200
 
 
 def test_metrics_exported(client) -> None:

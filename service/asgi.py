@@ -1,0 +1,202 @@
+"""The gateway's front door, as one pure ASGI middleware (no BaseHTTPMiddleware on the hot path).
+
+For every HTTP request, in order:
+1. a request id: the client's `X-Request-ID` (if short and printable) or a new one; echoed on
+   every answer;
+2. admission, before a byte of the body is read: inference routes take a slot (at most
+   `max_inflight_requests`) and reserve their Content-Length (or the body limit, when the body
+   is chunked) from a budget shared by all connections (`max_body_bytes_in_flight`); refused
+   requests get 429 + Retry-After (413 when one body alone is over the limit) at once;
+3. the body read is bounded in time (`body_timeout_s`, 408) and in bytes;
+4. any exception nobody mapped becomes a generic 500 JSON answer carrying the request id (the
+   traceback is logged under it), and the connection stays usable;
+5. every answer, whatever its status, is counted and timed under its route template (unmatched
+   paths share the label "unmatched"), so clients cannot create label values.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import re
+import time
+import uuid
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from service.errors import INTERNAL, BodyTimeout, Overloaded, PayloadTooLarge, classify, error_body
+from service.metrics import ADMISSION, BODY_BYTES_IN_FLIGHT, FAILURES, REQUESTS, STAGE_SECONDS
+
+log = logging.getLogger("pulsefm.gateway")
+
+REQUEST_ID = "pulsefm.request_id"
+_CLIENT_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
+ADMITTED_PATHS = frozenset({"/v1/embed", "/v1/predict"})
+CLOSE_AFTER = frozenset({408, 413})  # the rest of the body is unread: the connection cannot be reused
+
+
+@dataclass
+class Admission:
+    """Slots and body bytes in flight across all connections; taken before the body is read."""
+
+    max_requests: int
+    max_bytes: int
+    requests: int = 0
+    bytes: int = 0
+
+    def try_take(self, reserve: int) -> str | None:
+        """None when admitted (the caller must `give` back), else why not."""
+        if self.requests >= self.max_requests:
+            return f"{self.requests} requests in flight (limit {self.max_requests}); retry later"
+        if self.bytes + reserve > self.max_bytes:
+            return f"{self.bytes} body bytes in flight (limit {self.max_bytes}); retry later"
+        self.requests += 1
+        self.bytes += reserve
+        BODY_BYTES_IN_FLIGHT.set(self.bytes)
+        return None
+
+    def give(self, reserve: int) -> None:
+        self.requests -= 1
+        self.bytes -= reserve
+        BODY_BYTES_IN_FLIGHT.set(self.bytes)
+
+
+def request_id_of(scope: Scope) -> str:
+    return str(scope.get(REQUEST_ID, ""))
+
+
+def _header(scope: Scope, name: bytes) -> str | None:
+    for k, v in scope.get("headers", ()):
+        if k == name:
+            return str(v.decode("latin-1"))
+    return None
+
+
+def json_answer(status: int, body: dict[str, Any], headers: dict[str, str]) -> tuple[Message, Message]:
+    payload = orjson.dumps(body)
+    raw = [(b"content-type", b"application/json"), (b"content-length", str(len(payload)).encode())]
+    raw += [(k.lower().encode(), v.encode()) for k, v in headers.items()]
+    return (
+        {"type": "http.response.start", "status": status, "headers": raw},
+        {"type": "http.response.body", "body": payload},
+    )
+
+
+def error_headers(status: int, retry_after_s: int) -> dict[str, str]:
+    headers = {"retry-after": str(retry_after_s)} if status in (429, 503) else {}
+    if status in CLOSE_AFTER:
+        headers["connection"] = "close"
+    return headers
+
+
+class Frontdoor:
+    def __init__(
+        self,
+        app: ASGIApp,
+        admission: Admission,
+        max_body_bytes: int,
+        body_timeout_s: float,
+        retry_after_s: int,
+    ) -> None:
+        self.app, self.admission = app, admission
+        self.max_body_bytes, self.body_timeout_s, self.retry_after_s = (
+            max_body_bytes,
+            body_timeout_s,
+            retry_after_s,
+        )
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        t0 = time.perf_counter()
+        client_id = _header(scope, b"x-request-id")
+        rid = client_id if client_id and _CLIENT_ID.fullmatch(client_id) else uuid.uuid4().hex
+        scope[REQUEST_ID] = rid
+        state: dict[str, Any] = {"status": 0, "started": False}
+
+        async def send_with_id(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                state["status"], state["started"] = message["status"], True
+                message = dict(message)
+                message["headers"] = [*message.get("headers", ()), (b"x-request-id", rid.encode())]
+            await send(message)
+
+        try:
+            if scope["method"] == "POST" and scope["path"] in ADMITTED_PATHS:
+                await self._admitted(scope, receive, send_with_id)
+            else:
+                await self.app(scope, receive, send_with_id)
+        except Exception as exc:
+            if classify(exc) == INTERNAL:
+                log.exception("request %s failed", rid)
+            if not state["started"]:
+                await self._error(exc, rid, send_with_id)
+        finally:
+            route = scope.get("route")
+            label = str(getattr(route, "path", "unmatched")) if route is not None else "unmatched"
+            REQUESTS.labels(label, str(state["status"] or 500)).inc()
+            STAGE_SECONDS.labels("total", label).observe(time.perf_counter() - t0)
+
+    async def _error(self, exc: BaseException, rid: str, send: Send) -> None:
+        status, reason, body = error_body(exc, rid)
+        FAILURES.labels(reason).inc()
+        for message in json_answer(status, body, error_headers(status, self.retry_after_s)):
+            await send(message)
+
+    async def _admitted(self, scope: Scope, receive: Receive, send: Send) -> None:
+        length = _header(scope, b"content-length")
+        declared = int(length) if length is not None and length.isdigit() and len(length) < 19 else None
+        if declared is not None and declared > self.max_body_bytes:
+            raise PayloadTooLarge(f"body of {declared} bytes exceeds the limit of {self.max_body_bytes}")
+        reserve = declared if declared is not None else self.max_body_bytes
+        refused = self.admission.try_take(reserve)
+        if refused is not None:
+            ADMISSION.labels("refused").inc()
+            scope["route"] = _route_of(scope)
+            raise Overloaded(refused)
+        ADMISSION.labels("admitted").inc()
+        try:
+            await self.app(scope, self._bounded(receive), send)
+        finally:
+            self.admission.give(reserve)
+
+    def _bounded(self, receive: Receive) -> Receive:
+        """The body must arrive within body_timeout_s of the request and stay under the byte limit."""
+        deadline = time.monotonic() + self.body_timeout_s
+        seen = 0
+        done = False
+
+        async def bounded() -> Message:
+            nonlocal seen, done
+            if done:  # past the body: disconnect watching, no deadline
+                return await receive()
+            try:
+                message = await asyncio.wait_for(receive(), max(deadline - time.monotonic(), 0.0))
+            except TimeoutError:
+                raise BodyTimeout(
+                    f"the request body did not arrive within {self.body_timeout_s:g} s "
+                    "(shorter than its Content-Length, or too slow)"
+                ) from None
+            if message["type"] == "http.request":
+                seen += len(message.get("body", b""))
+                if seen > self.max_body_bytes:
+                    raise PayloadTooLarge(f"body exceeds the limit of {self.max_body_bytes} bytes")
+                done = not message.get("more_body", False)
+            return message
+
+        return bounded
+
+
+class _Template:
+    """The route label for answers given before routing (refused at admission)."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+
+
+def _route_of(scope: Scope) -> _Template:
+    return _Template(scope["path"]) if scope["path"] in ADMITTED_PATHS else _Template("unmatched")

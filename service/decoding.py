@@ -1,0 +1,279 @@
+"""Request bodies -> validated raw segments, every size checked before anything is allocated.
+
+Bodies: JSON `{"modality", "fs", "segments": [[[...], ...], ...]}` or binary (`application/x-npy`,
+or `application/octet-stream` raw little-endian float32 with an `X-Shape: n,channels,samples`
+header) with modality, fs, model_version and quality as query parameters.
+
+Rules (each one a class of hostile input, tested in tests/test_hardening.py):
+- JSON is decoded by msgspec against a typed schema: `fs` must be a JSON number, `model_version`
+  a JSON integer, samples numbers (or null = missing, reported as non-finite); booleans, strings
+  and numbers beyond float64/int64 are refused; nesting deeper than the schema is refused.
+- .npy: the header's dtype (float32/float64 only) and shape x itemsize are checked against the
+  body's length before any array exists; raw: X-Shape's product against the body's length.
+- Every signal check runs on the float32 array the encoder will see: values beyond float32's
+  range are `out_of_range`, float64 subnormals that cast to zero are a `flat_line`.
+Every problem becomes one 422 answer naming the segment and the reason; nothing is repaired.
+"""
+
+from __future__ import annotations
+
+import io
+import math
+import re
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import msgspec
+import numpy as np
+
+from pulsefm.preprocess import PreprocessSpec, spec_for
+from pulsefm.quality import NONFINITE, raw_checks
+from pulsefm.records import Modality
+from service.errors import Problem, ValidationFailed
+
+JSON, NPY, RAW = "application/json", "application/x-npy", "application/octet-stream"
+OUT_OF_RANGE = "out_of_range"
+MAX_VERSION = 2**31 - 1
+_FLOAT32_MAX = float(np.finfo(np.float32).max)
+
+
+@dataclass(frozen=True)
+class Limits:
+    max_segments: int = 64
+    min_fs: float = 16.0
+    max_fs: float = 4096.0
+    duration_tolerance: float = 0.02
+
+
+@dataclass
+class Batch:
+    """Validated raw segments of one request."""
+
+    modality: str
+    fs: float
+    x: np.ndarray  # (n, channels, samples) float32, as received (channels possibly repeated)
+    model_version: int | None = None
+    quality: str = "basic"
+    problems: list[Problem] = field(default_factory=list)
+
+
+def fail(reason: str, detail: str, segment: int | None = None) -> ValidationFailed:
+    return ValidationFailed([Problem(reason, detail, segment)])
+
+
+# ------------------------------------------------------------------------------ parameters
+def parse_modality(value: Any) -> str:
+    if isinstance(value, str):
+        try:
+            return str(Modality(value.lower()))
+        except ValueError:
+            pass
+    raise fail("modality", f"modality must be one of {[str(m) for m in Modality]}, got {value!r:.40}")
+
+
+def parse_fs(value: Any, limits: Limits, spec: PreprocessSpec) -> float:
+    """A sampling rate from JSON (already a float) or a query string; finite and in range."""
+    if isinstance(value, str):
+        try:
+            fs = float(value)
+        except ValueError:
+            raise fail("fs", f"fs (sampling rate, Hz) must be a number, got {value!r:.40}") from None
+    elif isinstance(value, float):
+        fs = value
+    else:
+        raise fail("fs", f"fs (sampling rate, Hz) must be a number, got {value!r:.40}")
+    lo, hi = max(limits.min_fs, spec.min_fs), min(limits.max_fs, spec.max_fs)
+    if not math.isfinite(fs) or not lo <= fs <= hi:
+        raise fail("fs", f"fs {fs:g} Hz outside the supported range [{lo:g}, {hi:g}]")
+    return fs
+
+
+def parse_version(value: Any) -> int | None:
+    """None (the latest), or a version number: a JSON integer, or digits in a query string."""
+    if value is None or value == "":
+        return None
+    if isinstance(value, str) and re.fullmatch(r"\s*\d{1,10}\s*", value):
+        value = int(value)
+    if isinstance(value, int) and not isinstance(value, bool) and 0 <= value <= MAX_VERSION:
+        return value
+    raise fail("model_version", f"model_version must be an integer in [0, {MAX_VERSION}], got {value!r:.40}")
+
+
+def parse_quality(value: Any) -> str:
+    if value in ("basic", "full"):
+        return str(value)
+    raise fail("quality", f"quality must be 'basic' or 'full', got {value!r:.40}")
+
+
+# ------------------------------------------------------------------------------ JSON
+class _JsonBody(msgspec.Struct):
+    segments: msgspec.Raw
+    modality: str | None = None
+    fs: float | None = None
+    model_version: int | None = None
+    quality: Literal["basic", "full"] = "basic"
+
+
+_BODY = msgspec.json.Decoder(_JsonBody)
+# segments by nesting depth: [sample], [channel][sample], [segment][channel][sample]; null = missing
+_SEGMENTS: dict[int, msgspec.json.Decoder[Any]] = {
+    1: msgspec.json.Decoder(list[float | None]),
+    2: msgspec.json.Decoder(list[list[float | None]]),
+    3: msgspec.json.Decoder(list[list[list[float | None]]]),
+}
+_LEADING = re.compile(rb"\s*(?:\[\s*){0,4}")
+_AT = re.compile(r"at `\$\.?([A-Za-z_]*)")
+
+
+def _json_problem(exc: Exception) -> ValidationFailed:
+    msg = str(exc)
+    where = _AT.search(msg)
+    name = where.group(1) if where else ""
+    reason = name if name in ("modality", "fs", "model_version", "quality") else "json"
+    return fail(reason, f"invalid request body: {msg}")
+
+
+def decode_json(body: bytes) -> tuple[_JsonBody, np.ndarray]:
+    try:
+        doc = _BODY.decode(body)
+    except RecursionError:
+        raise fail("json", "body is nested too deeply") from None
+    except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+        raise _json_problem(exc) from None
+    raw = bytes(doc.segments)
+    lead = _LEADING.match(raw)
+    depth = lead.group(0).count(b"[") if lead else 0
+    decoder = _SEGMENTS.get(depth)
+    if decoder is None:
+        raise fail("shape", "segments must be [segment][channel][sample] (or [channel][sample], [sample])")
+    try:
+        nested = decoder.decode(raw)
+    except (msgspec.DecodeError, msgspec.ValidationError, RecursionError) as exc:
+        detail = str(exc) if not isinstance(exc, RecursionError) else "nested too deeply"
+        reason = OUT_OF_RANGE if "out of range" in detail else "dtype"
+        raise fail(reason, f"segments must be a rectangular array of numbers: {detail}") from None
+    try:
+        arr = np.asarray(nested, dtype=np.float64)  # null -> NaN (reported as non-finite)
+    except ValueError:
+        raise fail(
+            "shape", "segments must be rectangular: every channel of every segment the same length"
+        ) from None
+    return doc, arr
+
+
+# ------------------------------------------------------------------------------ binary
+def _check_float_dtype(dtype: np.dtype[Any]) -> None:
+    if dtype.kind != "f" or dtype.itemsize not in (4, 8) or dtype.fields is not None or dtype.shape:
+        raise fail("dtype", f"samples must be float32 or float64, got {dtype}")
+
+
+def decode_npy(body: bytes) -> np.ndarray:
+    """A .npy body -> array view, its header checked against the body before anything is allocated."""
+    f = io.BytesIO(body)
+    try:
+        version = np.lib.format.read_magic(f)
+        if version == (1, 0):
+            shape, fortran, dtype = np.lib.format.read_array_header_1_0(f)
+        elif version == (2, 0):
+            shape, fortran, dtype = np.lib.format.read_array_header_2_0(f)
+        else:
+            raise ValueError(f"unsupported .npy format version {version}")
+    except Exception as exc:  # the header is client text: whatever numpy's parser raises is a 422
+        raise fail("npy", f"body is not a .npy array: {str(exc)[:200]}") from None
+    _check_float_dtype(dtype)
+    count = math.prod(shape)
+    offset = f.tell()
+    if count * dtype.itemsize != len(body) - offset:
+        raise fail(
+            "npy",
+            f".npy header says shape {tuple(shape)} of {dtype} ({count * dtype.itemsize} bytes); "
+            f"the body holds {len(body) - offset}",
+        )
+    arr = np.frombuffer(body, dtype=dtype, count=count, offset=offset)
+    return arr.reshape(shape, order="F" if fortran else "C")
+
+
+_SHAPE = re.compile(r"\s*\d{1,10}\s*(?:,\s*\d{1,10}\s*){0,2}")
+
+
+def decode_raw(body: bytes, shape_header: str | None) -> np.ndarray:
+    if not shape_header:
+        raise fail("shape", "raw float32 bodies need an X-Shape header: n,channels,samples")
+    if not _SHAPE.fullmatch(shape_header):
+        raise fail("shape", f"bad X-Shape {shape_header[:60]!r}; expected n,channels,samples (digits)")
+    shape = tuple(int(s) for s in shape_header.split(","))
+    need = 4 * math.prod(shape)
+    if need != len(body):
+        raise fail("shape", f"X-Shape {shape} needs {need} bytes; the body has {len(body)}")
+    return np.frombuffer(body, dtype="<f4").reshape(shape)
+
+
+# ------------------------------------------------------------------------------ the signal
+def check_array(arr: np.ndarray, modality: str, fs: float, limits: Limits) -> np.ndarray:
+    """Shape, channel, length and raw-signal checks on the float32 array; returns (n, C, T) float32."""
+    spec = spec_for(modality)
+    if arr.ndim == 1:
+        arr = arr[None, None, :]  # one single-channel segment
+    elif arr.ndim == 2:
+        arr = arr[None]  # one segment (channels, samples)
+    if arr.ndim != 3 or 0 in arr.shape:
+        raise fail("shape", f"segments must be [segment][channel][sample]; got shape {list(arr.shape)}")
+    n, channels, samples = arr.shape
+    if n > limits.max_segments:
+        raise fail("too_many_segments", f"{n} segments in one request; the limit is {limits.max_segments}")
+    if channels not in (spec.channels, 1):
+        raise fail(
+            "channels", f"{modality} takes {spec.channels} channel(s) (or 1, repeated); got {channels}"
+        )
+    want = spec.duration_s * fs
+    tol = limits.duration_tolerance
+    if samples < want * (1 - tol):
+        raise fail(
+            "too_short",
+            f"{samples} samples at {fs:g} Hz = {samples / fs:.2f} s; {modality} needs {spec.duration_s:g} s",
+        )
+    if samples > want * (1 + tol):
+        raise fail(
+            "too_long",
+            f"{samples} samples at {fs:g} Hz = {samples / fs:.2f} s; {modality} takes {spec.duration_s:g} s "
+            "segments (split longer recordings)",
+        )
+    with np.errstate(over="ignore", invalid="ignore"):
+        x32 = np.ascontiguousarray(arr, dtype=np.float32)  # what the encoder's preprocessing gets
+    finite32 = np.asarray(np.isfinite(x32).all(axis=(1, 2)))
+    finite_src = finite32 if arr.dtype == np.float32 else np.asarray(np.isfinite(arr).all(axis=(1, 2)))
+    problems = []
+    for i in range(n):
+        if not finite_src[i]:
+            problems.append(Problem(NONFINITE, f"segment {i}: NaN, inf or missing (null) samples", i))
+            continue
+        if not finite32[i]:
+            problems.append(
+                Problem(
+                    OUT_OF_RANGE, f"segment {i}: samples beyond float32's range (|x| > {_FLOAT32_MAX:.3g})", i
+                )
+            )
+            continue
+        for reason in raw_checks(x32[i], fs):
+            problems.append(Problem(reason, f"segment {i}: {reason.replace('_', ' ')}", i))
+    if problems:
+        raise ValidationFailed(problems)
+    return x32
+
+
+def parse_batch(body: bytes, ctype: str, shape: str | None, query: dict[str, str], limits: Limits) -> Batch:
+    """Decode + validate one request body (JSON, .npy or raw float32) into raw segments."""
+    if ctype in (NPY, RAW):
+        arr = decode_npy(body) if ctype == NPY else decode_raw(body, shape)
+        modality = parse_modality(query.get("modality"))
+        fs = parse_fs(query.get("fs"), limits, spec_for(modality))
+        version = parse_version(query.get("model_version"))
+        quality = parse_quality(query.get("quality", "basic"))
+    elif ctype == JSON:
+        doc, arr = decode_json(body)
+        modality = parse_modality(doc.modality)
+        fs = parse_fs(doc.fs, limits, spec_for(modality))
+        version, quality = parse_version(doc.model_version), doc.quality
+    else:
+        raise fail("content_type", f"unsupported content type {ctype[:60]!r}; use {JSON}, {NPY} or {RAW}")
+    return Batch(modality, fs, check_array(arr, modality, fs, limits), version, quality)

@@ -1,0 +1,1 @@
+"""One APIRouter per route group: inference, models/admin, health/metrics."""

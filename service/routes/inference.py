@@ -1,0 +1,116 @@
+"""/v1/embed and /v1/predict: read the body, run the pipeline (cancelled if the client leaves), answer."""
+
+from __future__ import annotations
+
+import asyncio
+import io
+from collections.abc import Coroutine
+from typing import Any, TypeVar
+
+import numpy as np
+import orjson
+from fastapi import APIRouter, Request
+from fastapi.responses import Response
+
+from service import schemas
+from service.auth import ApiKey, GatewayState
+from service.decoding import JSON, NPY
+from service.errors import ClientGone
+from service.pipeline import Body, Pipeline, Result
+from service.registry import ModelVersion
+
+router = APIRouter()
+T = TypeVar("T")
+
+
+async def until_disconnect(request: Request, work: Coroutine[Any, Any, T]) -> T:
+    """Run `work`, cancelling it if the client disconnects first (the batcher then skips its segments)."""
+    task = asyncio.ensure_future(work)
+
+    async def disconnected() -> None:
+        while True:
+            message = await request.receive()
+            if message["type"] == "http.disconnect":
+                return
+
+    watcher = asyncio.ensure_future(disconnected())
+    try:
+        await asyncio.wait({task, watcher}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        watcher.cancel()
+    if not task.done():
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+        raise ClientGone("client disconnected")
+    return task.result()
+
+
+async def read_body(request: Request) -> Body:
+    """The body (its size and arrival time are bounded by the front door, service/asgi.py)."""
+    data = await request.body()
+    ctype = request.headers.get("content-type", JSON).split(";")[0].strip().lower()
+    return Body(data, ctype, request.headers.get("x-shape"), dict(request.query_params))
+
+
+def model_info(mv: ModelVersion) -> dict[str, Any]:
+    return {
+        "modality": mv.modality,
+        "version": mv.version,
+        "preprocess_version": mv.preprocess_version,
+        "encoder_sha256": mv.encoder_sha256[:12],
+        "training_data": mv.encoder_card.get("training_data", ""),
+    }
+
+
+def json_response(doc: dict[str, Any], mv: ModelVersion) -> Response:
+    return Response(
+        orjson.dumps(doc, option=orjson.OPT_SERIALIZE_NUMPY),
+        media_type=JSON,
+        headers={"X-Model-Version": str(mv.version)},
+    )
+
+
+async def _serve(request: Request, state: Any, endpoint: str, with_probes: bool) -> Result:
+    body = await read_body(request)
+    return await until_disconnect(request, Pipeline(state, endpoint).run(body, with_probes))
+
+
+@router.post(
+    "/v1/embed",
+    response_model=schemas.EmbedResponse,
+    openapi_extra=schemas.REQUEST_BODY,
+    responses=schemas.ERROR_RESPONSES,
+    summary="256-d embeddings of PPG / ECG segments",
+)
+async def embed(request: Request, state: GatewayState, _: ApiKey) -> Response:
+    res = await _serve(request, state, "/v1/embed", with_probes=False)
+    if NPY in request.headers.get("accept", ""):
+        buf = io.BytesIO()
+        np.save(buf, res.embeddings)
+        return Response(buf.getvalue(), media_type=NPY, headers={"X-Model-Version": str(res.model.version)})
+    doc = {
+        "model": model_info(res.model),
+        "embeddings": res.embeddings,
+        "quality": schemas.quality_rows(res.quality),
+    }
+    return json_response(doc, res.model)
+
+
+@router.post(
+    "/v1/predict",
+    response_model=schemas.PredictResponse,
+    openapi_extra=schemas.REQUEST_BODY,
+    responses=schemas.ERROR_RESPONSES,
+    summary="Probe outputs (age, BMI, sex, ...) per segment and for the request's mean embedding",
+)
+async def predict(request: Request, state: GatewayState, _: ApiKey) -> Response:
+    res = await _serve(request, state, "/v1/predict", with_probes=True)
+    assert res.predictions is not None
+    outputs = res.model.outputs
+    doc = {
+        "model": model_info(res.model),
+        "predictions": [schemas.prediction(outputs, row) for row in res.predictions[:-1]],
+        "aggregate": schemas.prediction(outputs, res.predictions[-1]),
+        "quality": schemas.quality_rows(res.quality),
+    }
+    return json_response(doc, res.model)
