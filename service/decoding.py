@@ -167,6 +167,15 @@ def _check_float_dtype(dtype: np.dtype[Any]) -> None:
         raise fail("dtype", f"samples must be float32 or float64, got {dtype}")
 
 
+def _check_shape(shape: tuple[int, ...], source: str) -> None:
+    """[sample], [channel][sample] or [segment][channel][sample], no empty axis (else numpy's
+    reshape of an empty buffer to e.g. (0, 2**40, 2**40) fails on its own)."""
+    if not 1 <= len(shape) <= 3 or min(shape) < 1:
+        raise fail(
+            "shape", f"{source} shape {tuple(shape)}: need 1-3 axes (segment, channel, sample), none empty"
+        )
+
+
 def decode_npy(body: bytes) -> np.ndarray:
     """A .npy body -> array view, its header checked against the body before anything is allocated."""
     f = io.BytesIO(body)
@@ -181,6 +190,7 @@ def decode_npy(body: bytes) -> np.ndarray:
     except Exception as exc:  # the header is client text: whatever numpy's parser raises is a 422
         raise fail("npy", f"body is not a .npy array: {str(exc)[:200]}") from None
     _check_float_dtype(dtype)
+    _check_shape(tuple(shape), ".npy header")
     count = math.prod(shape)
     offset = f.tell()
     if count * dtype.itemsize != len(body) - offset:
@@ -202,6 +212,7 @@ def decode_raw(body: bytes, shape_header: str | None) -> np.ndarray:
     if not _SHAPE.fullmatch(shape_header):
         raise fail("shape", f"bad X-Shape {shape_header[:60]!r}; expected n,channels,samples (digits)")
     shape = tuple(int(s) for s in shape_header.split(","))
+    _check_shape(shape, "X-Shape")
     need = 4 * math.prod(shape)
     if need != len(body):
         raise fail("shape", f"X-Shape {shape} needs {need} bytes; the body has {len(body)}")

@@ -33,6 +33,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     import uvicorn
 
     from service.app import create_app
+    from service.server import uvicorn_config
     from service.settings import Settings
 
     args = build_parser().parse_args(argv)
@@ -46,8 +47,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         }.items()
         if v is not None
     }
-    app = create_app(Settings(**overrides))
-    uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level, access_log=False)
+    settings = Settings(**overrides)
+    config = uvicorn_config(create_app(settings), settings, args.host, args.port, log_level=args.log_level)
+    uvicorn.Server(config).run()
     return 0
 
 

@@ -9,6 +9,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from service.server import uvicorn_config
+from service.settings import Settings
 from service.triton_local import free_port
 from tests.test_export import make_artifact, probes_doc
 from training.publish import publish
@@ -43,15 +45,17 @@ def raw_segments(modality: str, n: int, fs: float, seed: int = 0) -> np.ndarray:
 
 
 class ServerThread:
-    """A real uvicorn server on loopback running `app` (lifespan included)."""
+    """A real uvicorn server on loopback running `app` (lifespan included), with the gateway's
+    connection guards (service/server.py) configured from `settings`."""
 
-    def __init__(self, app: object) -> None:
+    def __init__(self, app: object, settings: Settings | None = None) -> None:
         import uvicorn
 
         self.port = free_port()
-        self.server = uvicorn.Server(
-            uvicorn.Config(app, host="127.0.0.1", port=self.port, log_level="warning", lifespan="on")  # type: ignore[arg-type]
+        config = uvicorn_config(
+            app, settings or Settings(), "127.0.0.1", self.port, log_level="warning", lifespan="on"
         )
+        self.server = uvicorn.Server(config)
         self.thread = threading.Thread(target=self.server.run, daemon=True)
 
     @property

@@ -181,3 +181,143 @@ def test_schemathesis_finds_no_server_error(repo) -> None:
 
             run()
     assert not failures, failures
+
+
+def _versions(c: httpx.Client) -> tuple[set[tuple[str, int]], dict[tuple[str, int], str]]:
+    doc = c.get("/v1/models").json()
+    served = {(m["modality"], m["version"]) for m in doc["models"]}
+    return served, {(f["modality"], f["version"]): f["reason"] for f in doc["failed"]}
+
+
+def test_bad_versions_never_take_the_gateway_down(tmp_path) -> None:
+    """A truncated model.onnx, one changed in place, and one that breaks the contract, each in a new
+    version folder, then a restart: every good version serves within 10 s, each bad one is listed
+    with its reason and counted, and a repaired file is picked up by the retry loop."""
+    import json
+    import shutil
+
+    import onnx
+    import torch
+
+    from pulsefm import contract as C
+    from tests.test_export import make_artifact
+    from training.publish import publish
+
+    repo = build_repo(tmp_path)  # ppg v1, ecg v1
+    for mod, seed in (("ecg", 5), ("ecg", 6), ("ppg", 7)):
+        pt = tmp_path / f"{mod}-{seed}.pt"
+        torch.save(make_artifact(mod, seed), pt)
+        publish(repo, pt, keep=3)  # ecg v2, ecg v3, ppg v2
+    ecg2 = repo / "ecg_encoder" / "2" / C.MODEL_FILE
+    good_ecg2 = ecg2.read_bytes()
+    ecg2.write_bytes(good_ecg2[: len(good_ecg2) // 2])  # truncated: checksum differs from the card
+    ecg3 = repo / "ecg_encoder" / "3"
+    (ecg3 / C.MODEL_FILE).write_bytes((ecg3 / C.MODEL_FILE).read_bytes()[:-1] + b"\0")  # changed in place
+    # ppg v2: a valid ONNX file whose input is not the contract's, with a card that matches its bytes
+    ppg2 = repo / "ppg_encoder" / "2"
+    model = onnx.load(str(ppg2 / C.MODEL_FILE))
+    model.graph.input[0].name = "wrong_name"
+    for node in model.graph.node:
+        node.input[:] = ["wrong_name" if i == C.ENCODER_INPUT else i for i in node.input]
+    onnx.save(model, str(ppg2 / C.MODEL_FILE))
+    card = json.loads((ppg2 / C.CARD_FILE).read_text())
+    card["sha256"] = __import__("hashlib").sha256((ppg2 / C.MODEL_FILE).read_bytes()).hexdigest()
+    (ppg2 / C.CARD_FILE).write_text(json.dumps(card))
+
+    settings = Settings(repo=repo, retry_failed_s=1.0)
+    t0 = time.monotonic()
+    with (
+        ServerThread(create_app(settings), settings) as server,
+        httpx.Client(base_url=server.url, timeout=30) as c,
+    ):
+        while c.get("/readyz").status_code != 200 and time.monotonic() - t0 < 10:
+            time.sleep(0.1)
+        assert time.monotonic() - t0 < 10
+        served, failed = _versions(c)
+        assert served == {("ecg", 1), ("ppg", 1)}, served
+        assert failed == {("ecg", 2): "checksum", ("ecg", 3): "checksum", ("ppg", 2): "contract"}, failed
+        for mod, fs, x in (
+            ("ecg", 128, raw_segments("ecg", 1, 128.0)),
+            ("ppg", 64, raw_segments("ppg", 1, 64.0)),
+        ):
+            r = c.post("/v1/embed", json={"modality": mod, "fs": fs, "segments": x.tolist()})
+            assert r.status_code == 200 and r.json()["model"]["version"] == 1, r.text
+        metrics = c.get("/metrics").text
+        assert 'pulsefm_model_load_failures_total{modality="ecg",reason="checksum"}' in metrics
+        assert "pulsefm_models_failed 3.0" in metrics
+        ecg2.write_bytes(good_ecg2)  # the file is repaired: the retry loop serves it
+        deadline = time.monotonic() + 10
+        while ("ecg", 2) not in _versions(c)[0] and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert ("ecg", 2) in _versions(c)[0]
+    shutil.rmtree(tmp_path / "repo")
+
+
+def test_frozen_redis_costs_a_few_budgets_not_every_request(repo) -> None:
+    """Redis stopped with SIGSTOP (accepts connections, never answers): the breaker opens after a
+    few timeouts and requests are served without the cache at normal latency."""
+    import signal
+
+    port = free_port()
+    redis_proc = _redis(port)
+    x = raw_segments("ecg", 1, 128.0)
+    settings = Settings(repo=repo, redis_url=f"redis://127.0.0.1:{port}/0", redis_timeout_s=0.1)
+    try:
+        with (
+            ServerThread(create_app(settings), settings) as server,
+            httpx.Client(base_url=server.url, timeout=30) as c,
+        ):
+            body = {"modality": "ecg", "fs": 128, "segments": x.tolist()}
+            c.post("/v1/embed", json=body)
+            t0 = time.perf_counter()
+            assert c.post("/v1/embed", json=body).json()["quality"][0]["cached"] is True
+            normal = time.perf_counter() - t0
+            redis_proc.send_signal(signal.SIGSTOP)
+            lat = []
+            for i in range(20):
+                t0 = time.perf_counter()
+                r = c.post("/v1/embed", json=body | {"segments": (x + i * 1e-3).tolist()})
+                lat.append(time.perf_counter() - t0)
+                assert r.status_code == 200
+            text = c.get("/metrics").text
+    finally:
+        redis_proc.send_signal(signal.SIGCONT)
+        redis_proc.kill()
+    # the first calls each wait one budget (0.1 s get + 0.1 s set); then the breaker bypasses Redis
+    assert sum(lat[:3]) < 1.0 and float(np.median(lat[5:])) < normal + 0.1, (lat, normal)
+    assert 'pulsefm_cache_breaker_open{cache="redis"} 1.0' in text
+
+
+def test_bad_cache_values_are_misses_counted_and_overwritten(repo) -> None:
+    import redis
+
+    from pulsefm import contract as C
+    from service.cache import cache_key
+    from service.registry import scan
+
+    r = redis.Redis.from_url("redis://127.0.0.1:6379/14")
+    r.ping()  # the real server (.ci/run starts it)
+    r.flushdb()
+    x = raw_segments("ecg", 2, 128.0, seed=9)
+    mv = scan(repo)["ecg"][1]
+    keys = [
+        cache_key(C.model_name("ecg", "encoder"), 1, mv.preprocess_version, mv.encoder_sha256, 128.0, s)
+        for s in x
+    ]
+    r.set(keys[0], b"short")
+    r.set(keys[1], np.full(C.EMBED_DIM, np.nan, dtype=np.float32).tobytes())
+    settings = Settings(repo=repo, redis_url="redis://127.0.0.1:6379/14")
+    with (
+        ServerThread(create_app(settings), settings) as server,
+        httpx.Client(base_url=server.url, timeout=30) as c,
+    ):
+        body = {"modality": "ecg", "fs": 128, "segments": x.tolist()}
+        first = c.post("/v1/embed", json=body).json()
+        second = c.post("/v1/embed", json=body).json()
+        text = c.get("/metrics").text
+    assert [q["cached"] for q in first["quality"]] == [False, False]
+    assert [q["cached"] for q in second["quality"]] == [True, True]
+    assert np.isfinite(np.asarray(second["embeddings"])).all()
+    assert all(len(r.get(k) or b"") == 4 * C.EMBED_DIM for k in keys)  # overwritten with good vectors
+    assert 'pulsefm_cache_errors_total{cache="redis",op="invalid"}' in text
+    r.flushdb()

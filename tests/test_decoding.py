@@ -1,0 +1,264 @@
+"""The request decoders alone: each hostile-input class by example, then property-based over
+generated bodies (JSON documents, .npy headers, raw shapes): the only outcomes are a validated
+float32 array or a ValidationFailed (422) — never another exception, never a NaN let through."""
+
+from __future__ import annotations
+
+import io
+import json
+
+import hypothesis
+import hypothesis.strategies as st
+import numpy as np
+import pytest
+
+from service.decoding import JSON, NPY, RAW, Limits, decode_npy, parse_batch
+from service.errors import ValidationFailed
+from tests.gateway_helpers import raw_segments
+
+LIMITS = Limits()
+ECG = raw_segments("ecg", 1, 128.0)[0]  # (1, 3840) float32
+PPG = raw_segments("ppg", 1, 64.0)[0]  # (4, 3840)
+Q = {"modality": "ecg", "fs": "128"}
+
+
+def npy(x: np.ndarray) -> bytes:
+    buf = io.BytesIO()
+    np.save(buf, x)
+    return buf.getvalue()
+
+
+def reasons(body: bytes, ctype: str = JSON, shape: str | None = None, query: dict | None = None) -> set[str]:
+    with pytest.raises(ValidationFailed) as err:
+        parse_batch(body, ctype, shape, query if query is not None else Q, LIMITS)
+    return {p.reason for p in err.value.problems}
+
+
+def doc(**fields: object) -> bytes:
+    base: dict[str, object] = {"modality": "ecg", "fs": 128, "segments": [ECG.tolist()]}
+    base.update(fields)
+    return json.dumps(base).encode()
+
+
+def with_segments(raw: str) -> bytes:
+    return b'{"modality": "ecg", "fs": 128, "segments": ' + raw.encode() + b"}"
+
+
+@pytest.mark.parametrize(
+    ("body", "reason"),
+    [
+        (b"[" * 1000 + b"]" * 1000, "json"),
+        (
+            b'{"modality": "ecg", "fs": 128, "x": ' + b"[" * 100_000 + b"]" * 100_000 + b', "segments": [1]}',
+            "json",
+        ),
+        (with_segments("[" * 1000 + "]" * 1000), "json"),  # nested too deeply
+        (with_segments("[[[[1.0]]]]"), "shape"),
+        (b'{"modality": "ecg", "fs": 1' + b"0" * 400 + b', "segments": [[[1]]]}', "fs"),
+        (with_segments("[[[1" + "0" * 400 + "]]]"), "out_of_range"),
+        (with_segments("[[[1e999]]]"), "out_of_range"),
+        (doc(model_version=1e300), "model_version"),
+        (b'{"modality": "ecg", "fs": 128, "model_version": 1e999, "segments": [[[1]]]}', "model_version"),
+        (doc(model_version=True), "model_version"),
+        (doc(model_version=1.5), "model_version"),
+        (doc(model_version="1"), "model_version"),
+        (doc(model_version=-1), "model_version"),
+        (doc(model_version=2**63), "model_version"),
+        (doc(fs="128"), "fs"),
+        (doc(fs=True), "fs"),
+        (doc(fs=None), "fs"),
+        (doc(modality=7), "modality"),
+        (doc(quality="max"), "quality"),
+        (with_segments("[[[true, 1.5]]]"), "dtype"),
+        (with_segments('[[["1"]]]'), "dtype"),
+        (with_segments("[[[1, 2], [3]]]"), "shape"),
+        (b"{not json", "json"),
+        (b"\xff\xfe\x00", "json"),
+        (b"[]", "json"),
+        (b'{"modality": "ecg"}', "json"),
+        (doc(segments=(ECG.astype(np.float64) * 1e300).tolist()), "out_of_range"),  # finite float64
+        (doc(segments=[np.full_like(ECG, 1e-310, dtype=np.float64).tolist()]), "flat_line"),  # subnormal
+    ],
+    ids=lambda v: v[:30].decode("latin-1") if isinstance(v, bytes) else str(v),
+)
+def test_json_classes(body: bytes, reason: str) -> None:
+    assert reason in reasons(body)
+
+
+def _npy_header(shape: tuple[int, ...], descr: str, body: bytes = b"") -> bytes:
+    header = f"{{'descr': '{descr}', 'fortran_order': False, 'shape': {shape}, }}"
+    header += " " * ((64 - (10 + len(header) + 1) % 64) % 64) + "\n"
+    return b"\x93NUMPY\x01\x00" + len(header).to_bytes(2, "little") + header.encode() + body
+
+
+@pytest.mark.parametrize(
+    ("body", "reason"),
+    [
+        (_npy_header((1_000_000, 4, 3840), "<f4", b"\0" * 64), "npy"),  # 57 GiB claimed, never allocated
+        (_npy_header((2**40, 2**40), "<f8"), "npy"),
+        (_npy_header((0, 2**40, 2**40), "<f4"), "shape"),  # zero bytes claimed, reshape would overflow
+        (_npy_header((1, 1, 1, 3840), "<f4", b"\0" * 15360), "shape"),
+        (_npy_header((1, 1, 3840), "<f2", b"\0" * 7680), "dtype"),
+        (npy(ECG[None].astype(np.float16)), "dtype"),
+        (npy(ECG[None].astype(np.longdouble)), "dtype"),
+        (npy(ECG[None].astype(np.int32)), "dtype"),
+        (npy(np.zeros((1, 1, 3840), dtype=[("a", "<f4")])), "dtype"),
+        (_npy_header((1, 1, 3840), "|O"), "dtype"),
+        (b"\x93NUMPY garbage", "npy"),
+        (b"\x93NUMPY\x03\x00" + b"\0" * 20, "npy"),
+        (npy(ECG[None].astype(np.float64) * 1e39), "out_of_range"),
+        (npy(np.full((1, 1, 3840), 1e-310)), "flat_line"),
+        (npy(ECG[None])[:-4], "npy"),  # truncated
+        (npy(ECG[None]) + b"\0\0\0\0", "npy"),  # trailing bytes
+    ],
+    ids=lambda v: v[:24].hex() if isinstance(v, bytes) else str(v),
+)
+def test_npy_classes(body: bytes, reason: str) -> None:
+    assert reason in reasons(body, NPY)
+
+
+def test_big_endian_and_fortran_npy_are_read_correctly() -> None:
+    x = ECG[None].astype(">f8")
+    np.testing.assert_array_equal(decode_npy(npy(x)), x)
+    f = np.asfortranarray(PPG[None])
+    np.testing.assert_array_equal(decode_npy(npy(f)), f)
+    batch = parse_batch(npy(x), NPY, None, Q, LIMITS)
+    assert batch.x.dtype == np.float32 and batch.x.shape == (1, 1, 3840)
+
+
+@pytest.mark.parametrize(
+    "shape",
+    [
+        "-1,-1,3840",
+        "4294967296,4294967296,1",
+        "0,9999999999,9999999999",
+        "1,1,1,1",
+        "abc",
+        "1" * 40,
+        "",
+        " , ",
+        "1;1;3840",
+    ],
+)
+def test_raw_shape_classes(shape: str) -> None:
+    assert "shape" in reasons(ECG.tobytes(), RAW, shape)
+
+
+@pytest.mark.parametrize(
+    ("query", "reason"),
+    [
+        ({"modality": "ecg", "fs": "nan"}, "fs"),
+        ({"modality": "ecg", "fs": "inf"}, "fs"),
+        ({"modality": "ecg", "fs": "1" + "0" * 400}, "fs"),
+        ({"modality": "ecg", "fs": "0x80"}, "fs"),
+        ({"modality": "ecg"}, "fs"),
+        ({"fs": "128"}, "modality"),
+        ({"modality": "ecg", "fs": "128", "model_version": "1.5"}, "model_version"),
+        ({"modality": "ecg", "fs": "128", "model_version": "1" * 5000}, "model_version"),
+        ({"modality": "ecg", "fs": "128", "quality": "max"}, "quality"),
+    ],
+)
+def test_query_parameter_classes(query: dict, reason: str) -> None:
+    assert reason in reasons(npy(ECG[None]), NPY, None, query)
+
+
+def test_one_flat_channel_among_four_is_named() -> None:
+    x = PPG.copy()
+    x[2] = 7.0
+    problems = reasons(npy(x[None]), NPY, None, {"modality": "ppg", "fs": "64"})
+    assert problems == {"flat_line"}
+
+
+def test_good_bodies_still_decode() -> None:
+    for body, ctype, shape in [
+        (doc(), JSON, None),
+        (doc(segments=ECG.tolist()), JSON, None),  # one segment as [channel][sample]
+        (doc(segments=ECG[0].tolist(), model_version=3, quality="full"), JSON, None),
+        (npy(ECG[None].astype(np.float64)), NPY, None),
+        (ECG.astype("<f4").tobytes(), RAW, "1, 1, 3840"),
+    ]:
+        batch = parse_batch(body, ctype, shape, Q, LIMITS)
+        assert batch.x.dtype == np.float32 and batch.x.shape == (1, 1, 3840)
+        np.testing.assert_allclose(batch.x[0], ECG, rtol=1e-6)
+
+
+# ------------------------------------------------------------------------------------ properties
+def _check_outcome(body: bytes, ctype: str, shape: str | None, query: dict) -> None:
+    try:
+        batch = parse_batch(body, ctype, shape, query, LIMITS)
+    except ValidationFailed as exc:
+        assert exc.problems and all(p.reason and p.detail for p in exc.problems)
+        return
+    assert batch.x.dtype == np.float32 and batch.x.ndim == 3
+    assert np.isfinite(batch.x).all() and 1 <= len(batch.x) <= LIMITS.max_segments
+    assert LIMITS.min_fs <= batch.fs <= LIMITS.max_fs
+
+
+json_values = st.recursive(
+    st.none()
+    | st.booleans()
+    | st.integers(min_value=-(10**30), max_value=10**30)
+    | st.floats(allow_nan=False, allow_infinity=False)
+    | st.text(max_size=8),
+    lambda children: (
+        st.lists(children, max_size=5) | st.dictionaries(st.text(max_size=8), children, max_size=4)
+    ),
+    max_leaves=40,
+)
+fields = st.fixed_dictionaries(
+    {},
+    optional={
+        "modality": st.sampled_from(["ecg", "ppg", "ECG", "eeg", ""]) | json_values,
+        "fs": st.sampled_from([128, 64.0, 16, 4096, 15.9, 5000]) | json_values,
+        "segments": json_values,
+        "model_version": st.sampled_from([1, 0, None, -1]) | json_values,
+        "quality": st.sampled_from(["basic", "full"]) | json_values,
+    },
+)
+
+
+@hypothesis.settings(max_examples=400, deadline=None, database=None)
+@hypothesis.given(doc=fields | json_values)
+def test_any_json_document_is_a_result_or_a_422(doc: object) -> None:
+    _check_outcome(json.dumps(doc).encode(), JSON, None, {})
+
+
+@hypothesis.settings(max_examples=300, deadline=None, database=None)
+@hypothesis.given(
+    body=st.binary(max_size=300),
+    ctype=st.sampled_from([JSON, NPY, RAW, "text/plain"]),
+    shape=st.none() | st.text(max_size=20),
+    query=st.dictionaries(
+        st.sampled_from(["modality", "fs", "model_version", "quality"]), st.text(max_size=12)
+    ),
+)
+def test_any_bytes_any_type_any_header_is_a_result_or_a_422(
+    body: bytes, ctype: str, shape: str | None, query: dict
+) -> None:
+    _check_outcome(body, ctype, shape, query)
+
+
+@hypothesis.settings(max_examples=300, deadline=None, database=None)
+@hypothesis.given(
+    shape=st.lists(st.integers(min_value=0, max_value=2**40), min_size=0, max_size=4).map(tuple),
+    descr=st.sampled_from(
+        ["<f4", "<f8", ">f4", ">f8", "<f2", "<f16", "|b1", "<i4", "|O", "<c8", "|V8", "<U3"]
+    ),
+    payload=st.integers(min_value=0, max_value=64),
+    scale=st.sampled_from([1.0, 1e-310, 1e39, 1e300, float("nan"), float("inf")]),
+    modality=st.sampled_from(["ecg", "ppg"]),
+)
+def test_any_npy_header_is_a_result_or_a_422(
+    shape: tuple[int, ...], descr: str, payload: int, scale: float, modality: str
+) -> None:
+    # real window-sized bodies when the header is plausible, else a short payload
+    itemsize = {"<f4": 4, ">f4": 4, "<f8": 8, ">f8": 8}.get(descr, 2)
+    count = int(np.prod(shape)) if shape and np.prod(shape, dtype=object) < 200_000 else payload
+    rng = np.random.default_rng(count)
+    with np.errstate(over="ignore", invalid="ignore"):
+        data = (rng.standard_normal(count) * scale).astype(
+            np.dtype(descr) if itemsize in (4, 8) else np.float32
+        )
+    body = _npy_header(shape, descr, data.tobytes()[: count * itemsize])
+    fs = "128" if modality == "ecg" else "64"
+    _check_outcome(body, NPY, None, {"modality": modality, "fs": fs})
