@@ -79,9 +79,11 @@ def create_app(
     )
     for router in (inference.router, models.router, health.router):
         app.include_router(router)
+    # one admission for the front door and the server's early refusals (service/server.py)
+    app.state.admission = Admission(settings.max_inflight_requests, settings.max_body_bytes_in_flight)
     app.add_middleware(
         Frontdoor,
-        admission=Admission(settings.max_inflight_requests, settings.max_body_bytes_in_flight),
+        admission=app.state.admission,
         max_body_bytes=settings.max_body_bytes,
         body_timeout_s=settings.body_timeout_s,
         retry_after_s=settings.retry_after_s,

@@ -58,6 +58,9 @@ class Admission:
         BODY_BYTES_IN_FLIGHT.set(self.bytes)
         return None
 
+    def full(self) -> bool:
+        return self.requests >= self.max_requests
+
     def give(self, reserve: int) -> None:
         self.requests -= 1
         self.bytes -= reserve
@@ -66,6 +69,30 @@ class Admission:
 
 def request_id_of(scope: Scope) -> str:
     return str(scope.get(REQUEST_ID, ""))
+
+
+def request_id(client_value: str | None) -> str:
+    """The client's X-Request-ID when it is short and printable, else a new one."""
+    return client_value if client_value and _CLIENT_ID.fullmatch(client_value) else uuid.uuid4().hex
+
+
+def refusal_bytes(rid: str, detail: str, retry_after_s: int) -> bytes:
+    """A whole HTTP/1.1 429 answer (the same body as the front door's), for the connection-level
+    fast path of service/server.py that refuses before any ASGI task exists."""
+    status, _, body = error_body(Overloaded(detail), rid)
+    payload = orjson.dumps(body)
+    head = (
+        f"HTTP/1.1 {status} Too Many Requests\r\ncontent-type: application/json\r\n"
+        f"content-length: {len(payload)}\r\nretry-after: {retry_after_s}\r\nx-request-id: {rid}\r\n\r\n"
+    )
+    return head.encode("latin-1") + payload
+
+
+def count_refusal(path: str, seconds: float) -> None:
+    ADMISSION.labels("refused").inc()
+    FAILURES.labels("overloaded").inc()
+    REQUESTS.labels(path, "429").inc()
+    STAGE_SECONDS.labels("total", path).observe(seconds)
 
 
 def _header(scope: Scope, name: bytes) -> str | None:
@@ -113,8 +140,7 @@ class Frontdoor:
             await self.app(scope, receive, send)
             return
         t0 = time.perf_counter()
-        client_id = _header(scope, b"x-request-id")
-        rid = client_id if client_id and _CLIENT_ID.fullmatch(client_id) else uuid.uuid4().hex
+        rid = request_id(_header(scope, b"x-request-id"))
         scope[REQUEST_ID] = rid
         state: dict[str, Any] = {"status": 0, "started": False}
 

@@ -10,6 +10,7 @@ Open http://127.0.0.1:8080/docs for the API with examples.
 from __future__ import annotations
 
 import argparse
+import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -48,6 +49,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         if v is not None
     }
     settings = Settings(**overrides)
+    sys.setswitchinterval(
+        settings.gil_switch_interval_ms / 1000
+    )  # the whole process: set here, not in the app
     config = uvicorn_config(create_app(settings), settings, args.host, args.port, log_level=args.log_level)
     uvicorn.Server(config).run()
     return 0

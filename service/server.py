@@ -8,27 +8,51 @@ handle) for ever. `guarded_protocol` adds, per connection:
   inference request's late body with a 408 first, service/asgi.py);
 - a cap on open connections: beyond `max_connections`, new ones are closed at once.
 Each closing is counted in `pulsefm_connections_refused_total{reason}`.
+
+It also refuses overload at the cheapest point: when every admission slot is taken, an inference
+request gets its 429 from `on_headers_complete`, before an ASGI task, a scope or the body exist
+(the gateway is GIL-bound: each refusal's Python time is taken from admitted work). The front door
+(service/asgi.py) stays the authority: it takes the slots, and refuses whatever passes here. This
+path is taken only when it cannot change what the client sees: no earlier request of the
+connection still answering (pipelining), keep-alive, no `Expect: 100-continue`.
 """
 
 from __future__ import annotations
 
 import asyncio
+import time
 from typing import Any
 
+import httptools
 import uvicorn
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
+from service.asgi import ADMITTED_PATHS, Admission, count_refusal, refusal_bytes, request_id
 from service.metrics import CONNECTIONS, CONNECTIONS_REFUSED
 from service.settings import Settings
+
+
+class _Answered:
+    """Stands in for uvicorn's cycle of a request answered here: uvicorn then drops its body."""
+
+    response_complete = True
+    disconnected = False
+    keep_alive = True
+
+    def __init__(self) -> None:
+        self.message_event = asyncio.Event()
 
 
 class _Guarded(HttpToolsProtocol):
     header_timeout_s = 10.0
     message_timeout_s = 61.0
     max_connections = 1024
+    admission: Admission | None = None
+    retry_after_s = 1
 
     _deadline: asyncio.TimerHandle | None = None
     _refused = False
+    _answered_early = False
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         if len(self.connections) >= self.max_connections:
@@ -53,12 +77,40 @@ class _Guarded(HttpToolsProtocol):
 
     def on_headers_complete(self) -> None:
         self._arm(self.message_timeout_s, "body_timeout")
+        if self.admission is not None and self.admission.full() and self._refuse_early():
+            return
         super().on_headers_complete()
+
+    def _refuse_early(self) -> bool:
+        if self.parser.get_method() != b"POST" or self.expect_100_continue:
+            return False
+        if not (self.cycle is None or self.cycle.response_complete) or not self.parser.should_keep_alive():
+            return False
+        path = httptools.parse_url(self.url).path.decode("latin-1")
+        if path not in ADMITTED_PATHS:
+            return False
+        t0 = time.perf_counter()
+        rid = request_id(next((v.decode("latin-1") for k, v in self.headers if k == b"x-request-id"), None))
+        assert self.admission is not None
+        detail = (
+            f"{self.admission.requests} requests in flight (limit {self.admission.max_requests}); retry later"
+        )
+        self.transport.write(refusal_bytes(rid, detail, self.retry_after_s))
+        self.cycle = _Answered()  # type: ignore[assignment]
+        self._answered_early = True
+        count_refusal(path, time.perf_counter() - t0)
+        return True
 
     def on_message_complete(self) -> None:
         # also after an answer given before the body (a 429): the deadline ran until the body ended
         self._disarm()
         super().on_message_complete()
+        if self._answered_early:  # the connection is idle again: uvicorn's keep-alive timer
+            self._answered_early = False
+            self._unset_keepalive_if_required()
+            self.timeout_keep_alive_task = self.loop.call_later(
+                self.timeout_keep_alive, self.timeout_keep_alive_handler
+            )
 
     def data_received(self, data: bytes) -> None:
         if not self._refused:
@@ -80,8 +132,9 @@ class _Guarded(HttpToolsProtocol):
             self.transport.close()
 
 
-def guarded_protocol(settings: Settings) -> type[HttpToolsProtocol]:
-    """The httptools protocol with this gateway's header/body deadlines and connection cap."""
+def guarded_protocol(settings: Settings, admission: Admission | None = None) -> type[HttpToolsProtocol]:
+    """The httptools protocol with this gateway's deadlines, connection cap and early refusals
+    (`admission`: the app's own, see `create_app`)."""
     return type(
         "GuardedHttpToolsProtocol",
         (_Guarded,),
@@ -89,16 +142,19 @@ def guarded_protocol(settings: Settings) -> type[HttpToolsProtocol]:
             "header_timeout_s": settings.header_timeout_s,
             "message_timeout_s": settings.body_timeout_s + 1.0,
             "max_connections": settings.max_connections,
+            "admission": admission,
+            "retry_after_s": settings.retry_after_s,
         },
     )
 
 
 def uvicorn_config(app: Any, settings: Settings, host: str, port: int, **kwargs: Any) -> uvicorn.Config:
+    admission = getattr(getattr(app, "state", None), "admission", None)
     return uvicorn.Config(
         app,
         host=host,
         port=port,
-        http=guarded_protocol(settings),
+        http=guarded_protocol(settings, admission),
         timeout_keep_alive=max(1, round(settings.keepalive_timeout_s)),
         access_log=False,
         **kwargs,

@@ -341,6 +341,55 @@ def test_body_bytes_in_flight_are_bounded_across_connections(strict) -> None:
     )
 
 
+def _read_answer(sock: socket.socket) -> tuple[int, dict[str, str], bytes]:
+    sock.settimeout(5)
+    data = b""
+    while b"\r\n\r\n" not in data:
+        data += sock.recv(65536)
+    head, _, rest = data.partition(b"\r\n\r\n")
+    lines = head.decode("latin-1").split("\r\n")
+    headers = {k.lower(): v.strip() for k, _, v in (ln.partition(":") for ln in lines[1:])}
+    while len(rest) < int(headers.get("content-length", 0)):
+        rest += sock.recv(65536)
+    return int(lines[0].split()[1]), headers, rest
+
+
+def test_early_refusal_answers_like_the_front_door_and_keeps_the_connection(repo) -> None:
+    """With every slot taken, the server refuses from the headers alone (service/server.py): same
+    JSON body and headers as any 429, its body is drained, and the connection serves the next one."""
+    settings = Settings(repo=repo, max_inflight_requests=1)
+    with ServerThread(create_app(settings), settings) as s:
+        hold = socket.create_connection(("127.0.0.1", s.port))  # takes the only slot, body pending
+        hold.sendall(
+            b"POST /v1/embed?modality=ecg&fs=128 HTTP/1.1\r\nHost: x\r\nContent-Type: application/x-npy\r\n"
+            b"Content-Length: 100000\r\n\r\n\x93NUMPY"
+        )
+        time.sleep(0.3)
+        body = npy(ECG)
+        c = socket.create_connection(("127.0.0.1", s.port))
+        for i in range(3):
+            c.sendall(
+                b"POST /v1/predict?modality=ecg&fs=128 HTTP/1.1\r\nHost: x\r\n"
+                b"Content-Type: application/x-npy\r\n"
+                + f"X-Request-ID: early-{i}\r\nContent-Length: {len(body)}\r\n\r\n".encode()
+                + body
+            )
+            status, headers, payload = _read_answer(c)
+            doc = json.loads(payload)
+            assert status == 429 and headers["retry-after"] == "1" and headers["x-request-id"] == f"early-{i}"
+            assert (
+                doc["error"] == "overloaded"
+                and doc["request_id"] == f"early-{i}"
+                and "in flight" in doc["detail"]
+            )
+        c.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")  # same connection, after drained bodies
+        assert _read_answer(c)[0] == 200
+        metrics = httpx.get(s.url + "/metrics").text
+        hold.close()
+        c.close()
+    assert 'pulsefm_requests_total{endpoint="/v1/predict",status="429"}' in metrics
+
+
 # ------------------------------------------------------------------------------- fuzz, live server
 _paths = st.sampled_from(["/v1/embed", "/v1/predict", "/v1/models", "/v1/admin/reload", "/readyz", "/v1/x"])
 _ctypes = st.sampled_from(

@@ -1,0 +1,387 @@
+"""Overload benchmark: an open-loop load at 1x, 2x and 4x the gateway's measured capacity.
+
+    python -m benchmarks.overload                    # shipped model_repository, 20 s per phase
+    python -m benchmarks.overload --seconds 30 --segments 1 --modality ppg
+
+The gateway runs in its own process (`pulse-fm serve`, its defaults); this process is the load
+generator: raw HTTP/1.1 on asyncio sockets (cheap, so that it takes little CPU from the gateway on
+a shared machine), requests sent on a fixed schedule whatever the answers (open loop), each
+latency measured from its *scheduled* send time, so that a stalled server cannot hide its queue.
+
+1. capacity: a closed loop (8 clients) for the phase length -> successful requests/s = 1x;
+2. for each of 1x, 2x, 4x: an open-loop phase at that rate, with a /healthz prober (every 50 ms)
+   on its own connection; then a recovery probe: one request every 100 ms for 6 s, recovered once
+   every later probe is within 2x the unloaded p50.
+Each phase reports goodput (200s/s), 429s and their latency, admitted-request latency, /healthz
+latency, errors (5xx, connection failures), the mean backend batch from the gateway's metrics,
+and the recovery time. Prints a table, writes benchmarks/results/overload.json.
+Inputs are SYNTHETIC segments, each request distinct (no cache hits).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import platform
+import time
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from benchmarks.gateway import gateway, npy_bytes, synthetic_raw
+from pulsefm.preprocess import spec_for
+
+ROOT = Path(__file__).resolve().parent.parent
+OUT = ROOT / "benchmarks" / "results" / "overload.json"
+GOALS = {"goodput_ratio": 0.9, "refused_p99_ms": 50.0, "healthz_p99_ms": 100.0, "recovery_s": 5.0}
+
+
+@dataclass
+class Outcome:
+    scheduled: float
+    status: int  # 0 = connection failure
+    latency: float
+
+
+@dataclass
+class Pool:
+    """Keep-alive connections to the gateway; a request takes an idle one or opens one."""
+
+    host: str
+    port: int
+    idle: list[tuple[asyncio.StreamReader, asyncio.StreamWriter]] = field(default_factory=list)
+    opened: int = 0
+
+    async def request(self, raw: bytes) -> tuple[int, bytes]:
+        """One request; a reused connection that the server closed while idle (keep-alive timeout)
+        is retried once on a new one, as HTTP clients do."""
+        reused = bool(self.idle)
+        try:
+            return await self._request(raw, self.idle.pop() if reused else None)
+        except (ConnectionError, asyncio.IncompleteReadError):
+            if not reused:
+                raise
+            return await self._request(raw, None)
+
+    async def _request(
+        self, raw: bytes, conn: tuple[asyncio.StreamReader, asyncio.StreamWriter] | None
+    ) -> tuple[int, bytes]:
+        if conn is None:
+            conn = await asyncio.open_connection(self.host, self.port)
+            self.opened += 1
+        reader, writer = conn
+        try:
+            writer.write(raw)
+            head = await reader.readuntil(b"\r\n\r\n")
+            lines = head.decode("latin-1").split("\r\n")
+            status = int(lines[0].split()[1])
+            headers = {k.lower(): v.strip() for k, _, v in (ln.partition(":") for ln in lines[1:] if ln)}
+            body = await reader.readexactly(int(headers.get("content-length", "0")))
+        except BaseException:
+            writer.close()
+            raise
+        if headers.get("connection", "").lower() == "close":
+            writer.close()
+        else:
+            self.idle.append((reader, writer))
+        return status, body
+
+    def close(self) -> None:
+        for _, w in self.idle:
+            w.close()
+        self.idle.clear()
+
+
+def embed_request(body: bytes, modality: str, fs: float) -> bytes:
+    head = (
+        f"POST /v1/embed?modality={modality}&fs={fs:g} HTTP/1.1\r\nHost: bench\r\n"
+        f"Content-Type: application/x-npy\r\nContent-Length: {len(body)}\r\n\r\n"
+    )
+    return head.encode() + body
+
+
+HEALTHZ = b"GET /healthz HTTP/1.1\r\nHost: bench\r\n\r\n"
+
+
+async def _timed(pool: Pool, raw: bytes, scheduled: float, out: list[Outcome]) -> None:
+    try:
+        status, _ = await pool.request(raw)
+    except (OSError, asyncio.IncompleteReadError, ValueError):
+        status = 0
+    out.append(Outcome(scheduled, status, time.perf_counter() - scheduled))
+
+
+async def closed_loop(pool: Pool, requests: list[bytes], clients: int, seconds: float) -> list[Outcome]:
+    out: list[Outcome] = []
+    stop = time.perf_counter() + seconds
+
+    async def client(k: int) -> None:
+        i = k
+        while time.perf_counter() < stop:
+            await _timed(pool, requests[i % len(requests)], time.perf_counter(), out)
+            i += clients
+
+    await asyncio.gather(*(client(k) for k in range(clients)))
+    return out
+
+
+async def open_loop(
+    pool: Pool, requests: list[bytes], rate: float, seconds: float, health: Pool
+) -> tuple[list[Outcome], list[Outcome]]:
+    """Send at `rate`/s on schedule for `seconds`; probe /healthz every 50 ms meanwhile."""
+    out: list[Outcome] = []
+    probes: list[Outcome] = []
+    start = time.perf_counter()
+    n = int(rate * seconds)
+    tasks: set[asyncio.Task[None]] = set()
+
+    async def prober() -> None:
+        while time.perf_counter() - start < seconds:
+            await _timed(health, HEALTHZ, time.perf_counter(), probes)
+            await asyncio.sleep(0.05)
+
+    probe_task = asyncio.create_task(prober())
+    for i in range(n):
+        at = start + i / rate
+        delay = at - time.perf_counter()
+        if delay > 0:
+            await asyncio.sleep(delay)
+        task = asyncio.create_task(_timed(pool, requests[i % len(requests)], at, out))
+        tasks.add(task)
+        task.add_done_callback(tasks.discard)
+    await probe_task
+    if tasks:
+        await asyncio.wait(tasks, timeout=60)
+    return out, probes
+
+
+async def recovery(
+    pool: Pool, requests: list[bytes], normal_p50: float, seconds: float = 6.0
+) -> float | None:
+    """Seconds after the load stopped until every later probe is within 2x the unloaded p50."""
+    start = time.perf_counter()
+    seen: list[Outcome] = []
+    k = 0
+    while time.perf_counter() - start < seconds:
+        await _timed(pool, requests[(k * 7919) % len(requests)], time.perf_counter(), seen)
+        k += 1
+        await asyncio.sleep(0.1)
+    for i, o in enumerate(seen):
+        if all(p.status == 200 and p.latency <= 2 * normal_p50 for p in seen[i:]):
+            return o.scheduled - start
+    return None
+
+
+def _cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds of a process and its threads (Linux /proc)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def gateway_pid(port: int) -> int | None:
+    for proc in Path("/proc").iterdir():
+        if proc.name.isdigit():
+            try:
+                cmd = (proc / "cmdline").read_bytes().split(b"\0")
+            except OSError:
+                continue
+            if b"serve" in cmd and str(port).encode() in cmd:
+                return int(proc.name)
+    return None
+
+
+class CpuMeter:
+    """Cores used by the gateway and by this load generator between start() and stop()."""
+
+    def __init__(self, gateway: int | None) -> None:
+        self.pids = {"gateway": gateway, "generator": os.getpid()}
+
+    def start(self) -> None:
+        self.t0 = time.perf_counter()
+        self.c0 = {k: _cpu_seconds(p) for k, p in self.pids.items() if p}
+
+    def stop(self) -> dict[str, float]:
+        dt = time.perf_counter() - self.t0
+        return {
+            f"cores_{k}": round((_cpu_seconds(p) - self.c0[k]) / dt, 2) for k, p in self.pids.items() if p
+        }
+
+
+def pct(values: list[float], q: float) -> float | None:
+    return round(float(np.percentile(values, q)) * 1000, 1) if values else None
+
+
+def batch_stats(url: str) -> tuple[float, float]:
+    """(sum, count) of pulsefm_batch_size over all modalities, from the gateway's /metrics."""
+    with urllib.request.urlopen(url + "/metrics", timeout=5) as r:
+        text = r.read().decode()
+    total = sum(float(ln.split()[-1]) for ln in text.splitlines() if ln.startswith("pulsefm_batch_size_sum"))
+    count = sum(
+        float(ln.split()[-1]) for ln in text.splitlines() if ln.startswith("pulsefm_batch_size_count")
+    )
+    return total, count
+
+
+def summarise(
+    name: str, rate: float, seconds: float, out: list[Outcome], probes: list[Outcome]
+) -> dict[str, Any]:
+    ok = [o.latency for o in out if o.status == 200]
+    refused = [o.latency for o in out if o.status == 429]
+    return {
+        "phase": name,
+        "offered_rps": round(rate, 1),
+        "sent": len(out),
+        "goodput_rps": round(len(ok) / seconds, 1),
+        "ok": len(ok),
+        "refused_429": len(refused),
+        "errors_5xx": sum(500 <= o.status < 600 for o in out),
+        "connection_failures": sum(o.status == 0 for o in out),
+        "other": sum(o.status not in (0, 200, 429) and not 500 <= o.status < 600 for o in out),
+        "admitted_p50_ms": pct(ok, 50),
+        "admitted_p99_ms": pct(ok, 99),
+        "refused_p50_ms": pct(refused, 50),
+        "refused_p99_ms": pct(refused, 99),
+        "healthz_p50_ms": pct([p.latency for p in probes], 50),
+        "healthz_p99_ms": pct([p.latency for p in probes], 99),
+        "healthz_failures": sum(p.status != 200 for p in probes),
+    }
+
+
+async def run(url: str, args: argparse.Namespace) -> dict[str, Any]:
+    host, port = url.removeprefix("http://").split(":")
+    spec = spec_for(args.modality)
+    fs = spec.fs
+    raw = synthetic_raw(args.modality, 64, fs, seed=1)
+    # distinct bodies (no cache hits): a tiny offset per request
+    requests = [
+        embed_request(
+            npy_bytes(raw[(k * args.segments) % 64 : (k * args.segments) % 64 + args.segments] + k * 1e-4),
+            args.modality,
+            fs,
+        )
+        for k in range(2000)
+    ]
+    pool, health = Pool(host, int(port)), Pool(host, int(port))
+    meter = CpuMeter(gateway_pid(int(port)))
+    await closed_loop(pool, requests[:50], 1, 2.0)  # warm-up
+    quiet = await closed_loop(pool, requests[50:100], 1, 3.0)
+    normal_p50 = float(np.median([o.latency for o in quiet if o.status == 200]))
+    meter.start()
+    cap = await closed_loop(pool, requests, args.capacity_clients, args.seconds)
+    capacity = sum(o.status == 200 for o in cap) / args.seconds
+    phases = [summarise("capacity (closed loop)", capacity, args.seconds, cap, []) | meter.stop()]
+    for factor in (1.0, 2.0, 4.0):
+        pool.close()
+        health.close()
+        b0 = batch_stats(url)
+        meter.start()
+        out, probes = await open_loop(pool, requests, capacity * factor, args.seconds, health)
+        cores = meter.stop()
+        b1 = batch_stats(url)
+        row = summarise(f"{factor:g}x open loop", capacity * factor, args.seconds, out, probes) | cores
+        row["mean_batch"] = round((b1[0] - b0[0]) / max(1.0, b1[1] - b0[1]), 2)
+        rec = await recovery(pool, requests, normal_p50)
+        row["recovery_s"] = None if rec is None else round(rec, 2)
+        row["goodput_vs_capacity"] = round(row["goodput_rps"] / capacity, 3)
+        phases.append(row)
+        print(json.dumps(row), flush=True)
+    pool.close()
+    health.close()
+    return {
+        "capacity_rps": round(capacity, 1),
+        "unloaded_p50_ms": round(normal_p50 * 1000, 2),
+        "phases": phases,
+    }
+
+
+def table(result: dict[str, Any]) -> str:
+    cols = [
+        ("phase", "phase"),
+        ("offered req/s", "offered_rps"),
+        ("goodput req/s", "goodput_rps"),
+        ("goodput / capacity", "goodput_vs_capacity"),
+        ("429", "refused_429"),
+        ("5xx", "errors_5xx"),
+        ("conn. failures", "connection_failures"),
+        ("admitted p50 ms", "admitted_p50_ms"),
+        ("admitted p99 ms", "admitted_p99_ms"),
+        ("429 p99 ms", "refused_p99_ms"),
+        ("/healthz p99 ms", "healthz_p99_ms"),
+        ("mean batch", "mean_batch"),
+        ("recovery s", "recovery_s"),
+    ]
+    lines = ["| " + " | ".join(c for c, _ in cols) + " |", "|" + "---|" * len(cols)]
+    for p in result["phases"]:
+        lines.append("| " + " | ".join("" if p.get(k) is None else str(p.get(k)) for _, k in cols) + " |")
+    return "\n".join(lines)
+
+
+def verdicts(result: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    over = [p for p in result["phases"] if p["phase"] in ("2x open loop", "4x open loop")]
+    loaded = [p for p in result["phases"] if "open loop" in p["phase"]]
+
+    def worst(key: str, fn: Any) -> Any:
+        values = [p[key] for p in over if p.get(key) is not None]
+        return fn(values) if values else None
+
+    measured = {
+        "goodput_ratio": worst("goodput_vs_capacity", min),
+        "refused_p99_ms": worst("refused_p99_ms", max),
+        "healthz_p99_ms": max(
+            (p["healthz_p99_ms"] for p in loaded if p["healthz_p99_ms"] is not None), default=None
+        ),
+        "recovery_s": max((p["recovery_s"] if p["recovery_s"] is not None else float("inf")) for p in loaded),
+    }
+    out = {}
+    for key, goal in GOALS.items():
+        m = measured[key]
+        met = m is not None and (m >= goal if key == "goodput_ratio" else m <= goal)
+        out[key] = {"measured": m, "goal": goal, "met": bool(met)}
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--repo", type=Path, default=ROOT / "model_repository")
+    p.add_argument("--modality", choices=["ppg", "ecg"], default="ppg")
+    p.add_argument("--segments", type=int, default=1, help="segments per request")
+    p.add_argument("--seconds", type=float, default=20.0, help="length of each phase")
+    p.add_argument("--capacity-clients", type=int, default=8)
+    p.add_argument("--out", type=Path, default=OUT)
+    p.add_argument(
+        "--env", action="append", default=[], metavar="KEY=VALUE", help="gateway setting, repeatable"
+    )
+    args = p.parse_args(argv)
+    env = dict(kv.split("=", 1) for kv in args.env)
+    with gateway(args.repo, **({"PULSEFM_LRU_ENTRIES": "1"} | env)) as url:
+        result = asyncio.run(run(url, args))
+    result["verdicts"] = verdicts(result)
+    result["setup"] = {
+        "machine": platform.platform(),
+        "cpus": os.cpu_count(),
+        "python": platform.python_version(),
+        "modality": args.modality,
+        "segments_per_request": args.segments,
+        "phase_seconds": args.seconds,
+        "repo": str(args.repo),
+        "inputs": "SYNTHETIC segments",
+        "gateway": "pulse-fm serve in its own process; load generator in this process",
+        "gateway_env": {"PULSEFM_LRU_ENTRIES": "1"} | env,
+        "command": "python -m benchmarks.overload " + " ".join(argv or []),
+    }
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(result, indent=2) + "\n")
+    print(table(result))
+    for key, v in result["verdicts"].items():
+        print(f"{key}: measured {v['measured']}, goal {v['goal']}: {'met' if v['met'] else 'MISSED'}")
+    print(f"-> {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
