@@ -504,10 +504,23 @@ def main(argv: list[str] | None = None) -> int:
         "sections": results,
     }
     args.out.write_text(json.dumps(doc, indent=2, default=float))
-    md = args.out.parent.parent / "RESULTS.md"
-    md.write_text(render_markdown(json.loads(args.out.read_text())))
+    md = write_results_md(args.out.parent)
     print(f"\nwrote {args.out} and {md}")
     return 0
+
+
+def write_results_md(results_dir: Path) -> Path:
+    """benchmarks/RESULTS.md from the JSON of each benchmark's last run (gateway, overload)."""
+    from benchmarks.overload import markdown_section
+
+    parts = []
+    if (results_dir / "gateway.json").is_file():
+        parts.append(render_markdown(json.loads((results_dir / "gateway.json").read_text())))
+    if (results_dir / "overload.json").is_file():
+        parts.append(markdown_section(json.loads((results_dir / "overload.json").read_text())))
+    md = results_dir.parent / "RESULTS.md"
+    md.write_text("\n".join(parts))
+    return md
 
 
 if __name__ == "__main__":

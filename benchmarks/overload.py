@@ -25,6 +25,7 @@ import asyncio
 import json
 import os
 import platform
+import sys
 import time
 import urllib.request
 from dataclasses import dataclass, field
@@ -33,7 +34,7 @@ from typing import Any
 
 import numpy as np
 
-from benchmarks.gateway import gateway, npy_bytes, synthetic_raw
+from benchmarks.gateway import gateway, npy_bytes, synthetic_raw, write_results_md
 from pulsefm.preprocess import spec_for
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -321,6 +322,37 @@ def table(result: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def markdown_section(result: dict[str, Any]) -> str:
+    s = result["setup"]
+    lines = [
+        "## Overload: open loop at 1x, 2x, 4x capacity",
+        "",
+        f"Written by `{s['command'].strip()}` on {s.get('date', '?')} ({s['machine']}, {s['cpus']} CPUs, "
+        f"Python {s['python']}); {s['modality']}, {s['segments_per_request']} segment(s) per .npy request, "
+        f"{s['phase_seconds']:g} s per phase, {s['inputs']}, every request distinct (no cache hits). The "
+        "gateway (`pulse-fm serve`, default settings) runs in its own process; the open-loop generator "
+        "(raw asyncio HTTP/1.1, latency from each request's scheduled send time) shares the machine. "
+        f"Capacity = closed-loop goodput: **{result['capacity_rps']} requests/s**; unloaded p50 "
+        f"{result['unloaded_p50_ms']} ms.",
+        "",
+        table(result),
+        "",
+        "| goal | measured | target | |",
+        "|---|---|---|---|",
+    ]
+    names = {
+        "goodput_ratio": "goodput at 2x and 4x / capacity (worst)",
+        "refused_p99_ms": "429 answers p99, ms (worst of 2x, 4x)",
+        "healthz_p99_ms": "/healthz p99 during load, ms (worst)",
+        "recovery_s": "recovery to 2x unloaded p50 after the load stops, s (worst)",
+    }
+    for key, v in result["verdicts"].items():
+        target = (">= " if key == "goodput_ratio" else "<= ") + f"{v['goal']:g}"
+        lines.append(f"| {names[key]} | {v['measured']} | {target} | {'met' if v['met'] else '**missed**'} |")
+    lines.append("")
+    return "\n".join(lines)
+
+
 def verdicts(result: dict[str, Any]) -> dict[str, dict[str, Any]]:
     over = [p for p in result["phases"] if p["phase"] in ("2x open loop", "4x open loop")]
     loaded = [p for p in result["phases"] if "open loop" in p["phase"]]
@@ -357,6 +389,7 @@ def main(argv: list[str] | None = None) -> int:
         "--env", action="append", default=[], metavar="KEY=VALUE", help="gateway setting, repeatable"
     )
     args = p.parse_args(argv)
+    argv = sys.argv[1:] if argv is None else argv
     env = dict(kv.split("=", 1) for kv in args.env)
     with gateway(args.repo, **({"PULSEFM_LRU_ENTRIES": "1"} | env)) as url:
         result = asyncio.run(run(url, args))
@@ -373,9 +406,12 @@ def main(argv: list[str] | None = None) -> int:
         "gateway": "pulse-fm serve in its own process; load generator in this process",
         "gateway_env": {"PULSEFM_LRU_ENTRIES": "1"} | env,
         "command": "python -m benchmarks.overload " + " ".join(argv or []),
+        "date": time.strftime("%Y-%m-%d"),
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=2) + "\n")
+    if args.out == OUT:
+        write_results_md(OUT.parent)
     print(table(result))
     for key, v in result["verdicts"].items():
         print(f"{key}: measured {v['measured']}, goal {v['goal']}: {'met' if v['met'] else 'MISSED'}")
