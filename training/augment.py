@@ -2,7 +2,7 @@
 
 Each augmentation is a small callable ``aug(x, g) -> x`` that draws everything it needs from the
 given ``torch.Generator`` and applies itself to a random subset of the batch (probability ``p``
-per sample) without a Python loop over samples. Presets follow shared/RECIPE.md.
+per sample) without a Python loop over samples. Presets follow docs/recipe.md.
 """
 
 from __future__ import annotations

@@ -10,7 +10,7 @@ For each encoder (one per modality) and the store's segments of that modality:
                   hr_hrv (neurokit2 heart rate + HRV), true_params (simulator parameters;
                   SYNTHETIC stores only - an upper bound)
     probes        every target of `training.probe.TARGETS`, the SAME participant split for all sets
-    real data     recordings that ship in PyPI packages (shared/DATA.md): a heart-rate probe
+    real data     recordings that ship in PyPI packages (docs/data.md): a heart-rate probe
                   (labels: detected beats; leave-one-recording-out) and same-recording retrieval
 
 Writes OUT/results.json (every number), OUT/report.html + PNGs, OUT/results.md (README table)

@@ -1,6 +1,6 @@
 """A SYNTHETIC cohort: participants whose latent attributes drive physiological simulators.
 
-No public cohort with demographics and waveforms can be downloaded here (shared/DATA.md), so
+No public cohort with demographics and waveforms can be downloaded here (docs/data.md), so
 multi-participant training and probing run on this generator. Every number computed from it
 must be labelled *synthetic*.
 
