@@ -8,19 +8,19 @@
 FROM python:3.11-slim AS base
 ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1 PYTHONDONTWRITEBYTECODE=1
 WORKDIR /src
-COPY pyproject.toml README.md ./
+COPY pyproject.toml README.md constraints.txt ./
 COPY pulsefm ./pulsefm
 COPY training ./training
 COPY service ./service
 
 FROM base AS gateway-build
-RUN python -m venv /opt/venv && /opt/venv/bin/pip install '.[serve,triton]'
+RUN python -m venv /opt/venv && /opt/venv/bin/pip install -c constraints.txt '.[serve,triton]'
 
 FROM base AS train-build
 ARG TORCH_INDEX=""
 RUN python -m venv /opt/venv \
  && /opt/venv/bin/pip install ${TORCH_INDEX:+--index-url "$TORCH_INDEX"} torch==2.13.0 \
- && /opt/venv/bin/pip install '.[train,export]'
+ && /opt/venv/bin/pip install -c constraints.txt '.[train,export]'
 
 FROM python:3.11-slim AS gateway
 RUN useradd --create-home --uid 10001 pulse

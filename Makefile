@@ -98,7 +98,7 @@ test-fast: install
 	$(BIN)/python -m pytest -m "not slow and not real_data" -q -x
 
 test-slow: install
-	$(BIN)/python -m pytest -m slow -q
+	$(BIN)/python -m pytest -m slow -q --durations=5
 
 lint: install
 	$(BIN)/ruff check .

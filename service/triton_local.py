@@ -44,11 +44,30 @@ def site_packages(venv: Path = VENV) -> Path:
     return Path(out.stdout.strip())
 
 
+STUB_PYTHON = "3.11"  # nvidia-pytriton 0.7.0 ships its Python-backend stub for this version only
+
+
+def stub_interpreter() -> str:
+    """A Python of the stub's version for the server venv, whatever Python runs the gateway
+    (PULSEFM_TRITON_PYTHON, else this interpreter if it is 3.11, else python3.11 on PATH)."""
+    chosen = os.environ.get("PULSEFM_TRITON_PYTHON")
+    if chosen:
+        return chosen
+    if f"{sys.version_info.major}.{sys.version_info.minor}" == STUB_PYTHON:
+        return sys.executable
+    found = shutil.which(f"python{STUB_PYTHON}")
+    if found is None:
+        raise FileNotFoundError(
+            f"the Triton test server needs Python {STUB_PYTHON} (its backend stub); set PULSEFM_TRITON_PYTHON"
+        )
+    return found
+
+
 def setup(venv: Path = VENV) -> Path:
     """Create the server venv once (pip install --no-deps, as in docs/triton.md). Returns tritonserver."""
     server = venv / ".installed"
     if not server.exists():
-        subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
+        subprocess.run([stub_interpreter(), "-m", "venv", str(venv)], check=True)
         pip = [str(venv_python(venv)), "-m", "pip", "install", "-q", "--no-deps", *REQUIREMENTS]
         subprocess.run(pip, check=True)
         server.touch()
@@ -66,7 +85,7 @@ def backends(dest: Path, venv: Path = VENV) -> Path:
     for src in (
         triton / "backends" / "python" / "libtriton_python.so",
         triton / "backends" / "python" / "triton_python_backend_utils.py",
-        triton / "python_backend_stubs" / "3.11" / "triton_python_backend_stub",
+        triton / "python_backend_stubs" / STUB_PYTHON / "triton_python_backend_stub",
     ):
         shutil.copy2(src, py / src.name)
     ort_dir = dest / "onnxruntime"

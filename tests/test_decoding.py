@@ -52,7 +52,7 @@ def with_segments(raw: str) -> bytes:
             b'{"modality": "ecg", "fs": 128, "x": ' + b"[" * 100_000 + b"]" * 100_000 + b', "segments": [1]}',
             "json",
         ),
-        (with_segments("[" * 1000 + "]" * 1000), "json"),  # nested too deeply
+        (with_segments("[" * 1000 + "]" * 1000), "json|shape"),  # too deep: json on 3.11, shape on 3.12
         (with_segments("[[[[1.0]]]]"), "shape"),
         (b'{"modality": "ecg", "fs": 1' + b"0" * 400 + b', "segments": [[[1]]]}', "fs"),
         (with_segments("[[[1" + "0" * 400 + "]]]"), "out_of_range"),
@@ -82,7 +82,7 @@ def with_segments(raw: str) -> bytes:
     ids=lambda v: v[:30].decode("latin-1") if isinstance(v, bytes) else str(v),
 )
 def test_json_classes(body: bytes, reason: str) -> None:
-    assert reason in reasons(body)
+    assert set(reason.split("|")) & reasons(body)
 
 
 def _npy_header(shape: tuple[int, ...], descr: str, body: bytes = b"") -> bytes:

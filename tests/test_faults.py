@@ -197,17 +197,17 @@ def test_bad_versions_never_take_the_gateway_down(tmp_path) -> None:
     import shutil
 
     import onnx
-    import torch
 
     from pulsefm import contract as C
-    from tests.test_export import make_artifact
-    from training.publish import publish
 
     repo = build_repo(tmp_path)  # ppg v1, ecg v1
-    for mod, seed in (("ecg", 5), ("ecg", 6), ("ppg", 7)):
-        pt = tmp_path / f"{mod}-{seed}.pt"
-        torch.save(make_artifact(mod, seed), pt)
-        publish(repo, pt, keep=3)  # ecg v2, ecg v3, ppg v2
+    for mod, versions in (("ecg", (2, 3)), ("ppg", (2,))):  # copies of v1: valid versions, no export
+        for kind in ("encoder", "probes"):
+            model_dir = repo / C.model_name(mod, kind)
+            for v in versions:
+                shutil.copytree(model_dir / "1", model_dir / str(v))
+            cfg = model_dir / "config.pbtxt"
+            cfg.write_text(cfg.read_text().replace("num_versions: 2", "num_versions: 3"))
     ecg2 = repo / "ecg_encoder" / "2" / C.MODEL_FILE
     good_ecg2 = ecg2.read_bytes()
     ecg2.write_bytes(good_ecg2[: len(good_ecg2) // 2])  # truncated: checksum differs from the card

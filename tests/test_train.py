@@ -16,6 +16,7 @@ from training.train import Dist, build_model, contrastive_step, main, read_metri
 TEST_CFG = PRESETS["tiny"].replace(batch_size=8, steps=6, val_every=3, log_every=1, val_batches=1)
 
 
+@pytest.mark.slow  # ~1 min: `make test-slow`, which CI runs after the fast suite when time allows
 def test_tiny_training_loss_falls(small_store: Path, tmp_path: Path) -> None:
     cfg = PRESETS["tiny"].replace(batch_size=16, steps=80, val_every=40, log_every=5)
     train(cfg, small_store, tmp_path / "run", progress=False)

@@ -18,9 +18,15 @@ from service.decoding import JSON, NPY
 from service.errors import ClientGone
 from service.pipeline import Body, Pipeline, Result
 from service.registry import ModelVersion
+from service.state import State
 
 router = APIRouter()
 T = TypeVar("T")
+# both routes take the same bodies and give the same errors (OpenAPI)
+BODIES_AND_ERRORS: dict[str, Any] = {
+    "openapi_extra": schemas.REQUEST_BODY,
+    "responses": schemas.ERROR_RESPONSES,
+}
 
 
 async def until_disconnect(request: Request, work: Coroutine[Any, Any, T]) -> T:
@@ -70,7 +76,7 @@ def json_response(doc: dict[str, Any], mv: ModelVersion) -> Response:
     )
 
 
-async def _serve(request: Request, state: Any, endpoint: str, with_probes: bool) -> Result:
+async def _serve(request: Request, state: State, endpoint: str, with_probes: bool) -> Result:
     body = await read_body(request)
     return await until_disconnect(request, Pipeline(state, endpoint).run(body, with_probes))
 
@@ -78,8 +84,7 @@ async def _serve(request: Request, state: Any, endpoint: str, with_probes: bool)
 @router.post(
     "/v1/embed",
     response_model=schemas.EmbedResponse,
-    openapi_extra=schemas.REQUEST_BODY,
-    responses=schemas.ERROR_RESPONSES,
+    **BODIES_AND_ERRORS,
     summary="256-d embeddings of PPG / ECG segments",
 )
 async def embed(request: Request, state: GatewayState, _: ApiKey) -> Response:
@@ -99,8 +104,7 @@ async def embed(request: Request, state: GatewayState, _: ApiKey) -> Response:
 @router.post(
     "/v1/predict",
     response_model=schemas.PredictResponse,
-    openapi_extra=schemas.REQUEST_BODY,
-    responses=schemas.ERROR_RESPONSES,
+    **BODIES_AND_ERRORS,
     summary="Probe outputs (age, BMI, sex, ...) per segment and for the request's mean embedding",
 )
 async def predict(request: Request, state: GatewayState, _: ApiKey) -> Response:
