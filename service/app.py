@@ -87,5 +87,6 @@ def create_app(
         max_body_bytes=settings.max_body_bytes,
         body_timeout_s=settings.body_timeout_s,
         retry_after_s=settings.retry_after_s,
+        send_timeout_s=settings.send_timeout_s,
     )
     return app

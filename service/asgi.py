@@ -6,8 +6,10 @@ For every HTTP request, in order:
 2. admission, before a byte of the body is read: inference routes take a slot (at most
    `max_inflight_requests`) and reserve their Content-Length (or the body limit, when the body
    is chunked) from a budget shared by all connections (`max_body_bytes_in_flight`); refused
-   requests get 429 + Retry-After (413 when one body alone is over the limit) at once;
-3. the body read is bounded in time (`body_timeout_s`, 408) and in bytes;
+   requests get 429 + Retry-After (413 when one body alone is over the limit) at once; a chunked
+   body (no Content-Length) reserves `CHUNKED_RESERVE` and extends its reservation as it arrives;
+3. the body read is bounded in time (`body_timeout_s`, 408) and in bytes, and so is the answer's
+   write (`send_timeout_s`): a client that does not read its answer cannot hold a slot;
 4. any exception nobody mapped becomes a generic 500 JSON answer carrying the request id (the
    traceback is logged under it), and the connection stays usable;
 5. every answer, whatever its status, is counted and timed under its route template (unmatched
@@ -27,7 +29,15 @@ from typing import Any
 import orjson
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from service.errors import INTERNAL, BodyTimeout, Overloaded, PayloadTooLarge, classify, error_body
+from service.errors import (
+    INTERNAL,
+    BodyTimeout,
+    ClientGone,
+    Overloaded,
+    PayloadTooLarge,
+    classify,
+    error_body,
+)
 from service.metrics import ADMISSION, BODY_BYTES_IN_FLIGHT, FAILURES, REQUESTS, STAGE_SECONDS
 
 log = logging.getLogger("pulsefm.gateway")
@@ -36,6 +46,11 @@ REQUEST_ID = "pulsefm.request_id"
 _CLIENT_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
 ADMITTED_PATHS = frozenset({"/v1/embed", "/v1/predict"})
 CLOSE_AFTER = frozenset({408, 413})  # the rest of the body is unread: the connection cannot be reused
+CHUNKED_RESERVE = 1 << 20
+
+
+class BodyBudgetExceeded(Overloaded):
+    """A chunked body outgrew what the shared body budget could still reserve (429, then close)."""
 
 
 @dataclass
@@ -60,6 +75,14 @@ class Admission:
 
     def full(self) -> bool:
         return self.requests >= self.max_requests
+
+    def extend(self, extra: int) -> bool:
+        """Reserve `extra` more body bytes for an admitted request, if the budget allows."""
+        if self.bytes + extra > self.max_bytes:
+            return False
+        self.bytes += extra
+        BODY_BYTES_IN_FLIGHT.set(self.bytes)
+        return True
 
     def give(self, reserve: int) -> None:
         self.requests -= 1
@@ -112,9 +135,9 @@ def json_answer(status: int, body: dict[str, Any], headers: dict[str, str]) -> t
     )
 
 
-def error_headers(status: int, retry_after_s: int) -> dict[str, str]:
+def error_headers(status: int, retry_after_s: int, close: bool = False) -> dict[str, str]:
     headers = {"retry-after": str(retry_after_s)} if status in (429, 503) else {}
-    if status in CLOSE_AFTER:
+    if close or status in CLOSE_AFTER:
         headers["connection"] = "close"
     return headers
 
@@ -127,8 +150,9 @@ class Frontdoor:
         max_body_bytes: int,
         body_timeout_s: float,
         retry_after_s: int,
+        send_timeout_s: float = 30.0,
     ) -> None:
-        self.app, self.admission = app, admission
+        self.app, self.admission, self.send_timeout_s = app, admission, send_timeout_s
         self.max_body_bytes, self.body_timeout_s, self.retry_after_s = (
             max_body_bytes,
             body_timeout_s,
@@ -149,7 +173,14 @@ class Frontdoor:
                 state["status"], state["started"] = message["status"], True
                 message = dict(message)
                 message["headers"] = [*message.get("headers", ()), (b"x-request-id", rid.encode())]
-            await send(message)
+            try:
+                async with asyncio.timeout(self.send_timeout_s):
+                    await send(message)
+            except TimeoutError:
+                state["status"] = 499  # uvicorn closes the connection of an unfinished answer
+                raise ClientGone(
+                    f"the client did not read its answer within {self.send_timeout_s:g} s"
+                ) from None
 
         try:
             if scope["method"] == "POST" and scope["path"] in ADMITTED_PATHS:
@@ -170,7 +201,8 @@ class Frontdoor:
     async def _error(self, exc: BaseException, rid: str, send: Send) -> None:
         status, reason, body = error_body(exc, rid)
         FAILURES.labels(reason).inc()
-        for message in json_answer(status, body, error_headers(status, self.retry_after_s)):
+        close = isinstance(exc, BodyBudgetExceeded)
+        for message in json_answer(status, body, error_headers(status, self.retry_after_s, close)):
             await send(message)
 
     async def _admitted(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -178,20 +210,21 @@ class Frontdoor:
         declared = int(length) if length is not None and length.isdigit() and len(length) < 19 else None
         if declared is not None and declared > self.max_body_bytes:
             raise PayloadTooLarge(f"body of {declared} bytes exceeds the limit of {self.max_body_bytes}")
-        reserve = declared if declared is not None else self.max_body_bytes
-        refused = self.admission.try_take(reserve)
+        reserved = [declared if declared is not None else min(CHUNKED_RESERVE, self.max_body_bytes)]
+        refused = self.admission.try_take(reserved[0])
         if refused is not None:
             ADMISSION.labels("refused").inc()
             scope["route"] = _route_of(scope)
             raise Overloaded(refused)
         ADMISSION.labels("admitted").inc()
         try:
-            await self.app(scope, self._bounded(receive), send)
+            await self.app(scope, self._bounded(receive, reserved), send)
         finally:
-            self.admission.give(reserve)
+            self.admission.give(reserved[0])
 
-    def _bounded(self, receive: Receive) -> Receive:
-        """The body must arrive within body_timeout_s of the request and stay under the byte limit."""
+    def _bounded(self, receive: Receive, reserved: list[int]) -> Receive:
+        """The body must arrive within body_timeout_s of the request, stay under the byte limit and
+        within its reservation (`reserved[0]`, extended for chunked bodies as they arrive)."""
         deadline = time.monotonic() + self.body_timeout_s
         seen = 0
         done = False
@@ -211,6 +244,14 @@ class Frontdoor:
                 seen += len(message.get("body", b""))
                 if seen > self.max_body_bytes:
                     raise PayloadTooLarge(f"body exceeds the limit of {self.max_body_bytes} bytes")
+                if seen > reserved[0]:
+                    extra = max(seen - reserved[0], CHUNKED_RESERVE)
+                    if not self.admission.extend(extra):
+                        in_flight, limit = self.admission.bytes, self.admission.max_bytes
+                        raise BodyBudgetExceeded(
+                            f"{in_flight} body bytes in flight (limit {limit}); retry later"
+                        )
+                    reserved[0] += extra
                 done = not message.get("more_body", False)
             return message
 

@@ -6,6 +6,7 @@ handle) for ever. `guarded_protocol` adds, per connection:
 - a header deadline: from the connection (or a request's first byte) to its last header line;
 - a message deadline: from the headers to the body's last byte (the front door answers an
   inference request's late body with a 408 first, service/asgi.py);
+- a cap on the request line + headers (`max_header_bytes`): beyond it, 431 and close;
 - a cap on open connections: beyond `max_connections`, new ones are closed at once.
 Each closing is counted in `pulsefm_connections_refused_total{reason}`.
 
@@ -47,12 +48,16 @@ class _Guarded(HttpToolsProtocol):
     header_timeout_s = 10.0
     message_timeout_s = 61.0
     max_connections = 1024
+    max_header_bytes = 65536
     admission: Admission | None = None
     retry_after_s = 1
 
     _deadline: asyncio.TimerHandle | None = None
     _refused = False
     _answered_early = False
+    _head_bytes = -1  # bytes of the current request's head in earlier reads; -1: headers complete
+    _head_began_now = False  # the request began in the read being parsed (its share is unknown)
+    _head_refused = False
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         if len(self.connections) >= self.max_connections:
@@ -73,9 +78,11 @@ class _Guarded(HttpToolsProtocol):
 
     def on_message_begin(self) -> None:
         super().on_message_begin()
+        self._head_bytes, self._head_began_now = 0, True
         self._arm(self.header_timeout_s, "header_timeout")
 
     def on_headers_complete(self) -> None:
+        self._head_bytes = -1
         self._arm(self.message_timeout_s, "body_timeout")
         if self.admission is not None and self.admission.full() and self._refuse_early():
             return
@@ -113,8 +120,42 @@ class _Guarded(HttpToolsProtocol):
             )
 
     def data_received(self, data: bytes) -> None:
-        if not self._refused:
-            super().data_received(data)
+        if self._refused or self._head_refused:
+            return
+        self._head_began_now = False
+        super().data_received(data)
+        # a request whose headers are still incomplete after this read: count the read (a read in
+        # which the request began is not counted, so the bound is the limit plus one read)
+        if self._head_bytes >= 0 and not self._head_began_now:
+            self._head_bytes += len(data)
+            if self._head_bytes > self.max_header_bytes:
+                self._refuse_head()
+
+    def _refuse_head(self) -> None:
+        CONNECTIONS_REFUSED.labels("header_too_large").inc()
+        body = b'{"error":"headers_too_large","detail":"request line and headers exceed the limit"}'
+        self.transport.write(
+            b"HTTP/1.1 431 Request Header Fields Too Large\r\ncontent-type: application/json\r\n"
+            b"connection: close\r\ncontent-length: " + str(len(body)).encode() + b"\r\n\r\n" + body
+        )
+        self._head_refused = True
+        self.transport.close()
+
+    def _start_asgi_task(self, cycle: Any, app: Any) -> None:
+        """An answer the app left unfinished (the front door's write deadline, or a crash after the
+        first byte) aborts the connection: uvicorn's close() would wait to flush a buffer that a
+        client that does not read never drains."""
+        transport = self.transport
+
+        async def then_abort_unfinished(scope: Any, receive: Any, send: Any) -> None:
+            try:
+                await app(scope, receive, send)
+            finally:
+                if cycle.response_started and not cycle.response_complete:
+                    CONNECTIONS_REFUSED.labels("unfinished_answer").inc()
+                    transport.abort()
+
+        super()._start_asgi_task(cycle, then_abort_unfinished)
 
     def _arm(self, seconds: float, reason: str) -> None:
         self._disarm()
@@ -142,6 +183,7 @@ def guarded_protocol(settings: Settings, admission: Admission | None = None) -> 
             "header_timeout_s": settings.header_timeout_s,
             "message_timeout_s": settings.body_timeout_s + 1.0,
             "max_connections": settings.max_connections,
+            "max_header_bytes": settings.max_header_bytes,
             "admission": admission,
             "retry_after_s": settings.retry_after_s,
         },
@@ -156,6 +198,7 @@ def uvicorn_config(app: Any, settings: Settings, host: str, port: int, **kwargs:
         port=port,
         http=guarded_protocol(settings, admission),
         timeout_keep_alive=max(1, round(settings.keepalive_timeout_s)),
+        timeout_graceful_shutdown=max(1, round(settings.shutdown_timeout_s)),
         access_log=False,
         **kwargs,
     )

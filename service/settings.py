@@ -65,6 +65,9 @@ class Settings(BaseSettings):
     )
     keepalive_timeout_s: float = Field(5.0, description="idle keep-alive connections are closed after this")
     max_connections: int = Field(1024, description="open connections; beyond, new ones are closed at once")
+    max_header_bytes: int = Field(65536, description="request line + headers; beyond: 431 and close")
+    shutdown_timeout_s: float = Field(10.0, description="graceful shutdown: open connections get this long")
+    send_timeout_s: float = Field(30.0, description="an answer the client does not read within this: closed")
     min_fs: float = 16.0
     max_fs: float = 4096.0
     duration_tolerance: float = Field(0.02, description="relative slack on a segment's duration")

@@ -8,9 +8,11 @@ bytes in flight. Bounded in count and time; loopback only."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import io
 import json
 import socket
+import threading
 import time
 
 import httpx
@@ -388,6 +390,75 @@ def test_early_refusal_answers_like_the_front_door_and_keeps_the_connection(repo
         hold.close()
         c.close()
     assert 'pulsefm_requests_total{endpoint="/v1/predict",status="429"}' in metrics
+
+
+def test_oversized_headers_get_431_and_close(strict) -> None:
+    s = socket.create_connection(("127.0.0.1", strict.port))
+    s.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n")
+    sent = 0
+    with contextlib.suppress(OSError):  # the server may close while we still send
+        for _ in range(200):  # up to 200 x 4 KiB of headers, in separate writes, never ending
+            s.sendall(b"X-Junk: " + b"a" * 4096 + b"\r\n")
+            sent += 4106
+            time.sleep(0.002)
+    reply = b""
+    s.settimeout(3)
+    with contextlib.suppress(OSError):
+        while chunk := s.recv(65536):
+            reply += chunk
+    s.close()
+    assert sent < 400_000  # cut off near the 64 KiB limit (+ one read), not after everything
+    assert reply.startswith(b"HTTP/1.1 431") or not reply, reply[:100]  # the 431, unless a reset beat it
+    metrics = httpx.get(strict.url + "/metrics").text
+    assert 'pulsefm_connections_refused_total{reason="header_too_large"}' in metrics
+    # a large body in one write right after the headers is not mistaken for a large head
+    big = npy(np.random.default_rng(1).standard_normal((8, 1, 3840)).astype(np.float32))
+    r = httpx.post(strict.url + "/v1/embed", content=big, headers=NPY_H, params=ECG_Q)
+    assert r.status_code == 200, r.text
+
+
+def test_a_client_that_never_reads_its_answer_does_not_keep_its_slot(repo) -> None:
+    settings = Settings(repo=repo, max_inflight_requests=1, send_timeout_s=1.0, shutdown_timeout_s=1.0)
+    body = npy(np.tile(ECG, (64, 1, 1)) + np.arange(64, dtype=np.float32)[:, None, None])
+    with ServerThread(create_app(settings), settings) as s:
+        lazy = socket.socket()
+        lazy.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 2048)  # a tiny window, never read
+        lazy.connect(("127.0.0.1", s.port))
+        request = (
+            b"POST /v1/embed?modality=ecg&fs=128 HTTP/1.1\r\nHost: x\r\nContent-Type: application/x-npy\r\n"
+            + f"Content-Length: {len(body)}\r\n\r\n".encode()
+            + body
+        )
+
+        def pipeline() -> None:  # 60 x ~170 kB of JSON answers, far beyond what socket buffers hold
+            with contextlib.suppress(OSError):
+                for _ in range(60):
+                    lazy.sendall(request)
+
+        threading.Thread(target=pipeline, daemon=True).start()
+        time.sleep(2.0)  # the unread answers pile up; the slot is held by a blocked write
+        deadline = time.monotonic() + 15
+        status = 0
+        while time.monotonic() < deadline:
+            status = httpx.post(
+                s.url + "/v1/embed", content=npy(ECG), headers=NPY_H, params=ECG_Q
+            ).status_code
+            if status == 200:
+                break
+            time.sleep(0.5)
+        lazy.close()
+    assert status == 200  # the slot came back once the unread answer timed out
+
+
+def test_chunked_bodies_are_admitted_and_released(strict) -> None:
+    def chunks():
+        data = npy(ECG)
+        for i in range(0, len(data), 4096):
+            yield data[i : i + 4096]
+
+    r = httpx.post(strict.url + "/v1/embed", content=chunks(), headers=NPY_H, params=ECG_Q)
+    assert r.status_code == 200, r.text
+    assert "pulsefm_body_bytes_in_flight 0.0" in httpx.get(strict.url + "/metrics").text
 
 
 # ------------------------------------------------------------------------------- fuzz, live server
