@@ -42,7 +42,6 @@ from service.metrics import ADMISSION, BODY_BYTES_IN_FLIGHT, FAILURES, REQUESTS,
 
 log = logging.getLogger("pulsefm.gateway")
 
-REQUEST_ID = "pulsefm.request_id"
 _CLIENT_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
 ADMITTED_PATHS = frozenset({"/v1/embed", "/v1/predict"})
 CLOSE_AFTER = frozenset({408, 413})  # the rest of the body is unread: the connection cannot be reused
@@ -88,10 +87,6 @@ class Admission:
         self.requests -= 1
         self.bytes -= reserve
         BODY_BYTES_IN_FLIGHT.set(self.bytes)
-
-
-def request_id_of(scope: Scope) -> str:
-    return str(scope.get(REQUEST_ID, ""))
 
 
 def request_id(client_value: str | None) -> str:
@@ -165,7 +160,6 @@ class Frontdoor:
             return
         t0 = time.perf_counter()
         rid = request_id(_header(scope, b"x-request-id"))
-        scope[REQUEST_ID] = rid
         state: dict[str, Any] = {"status": 0, "started": False}
 
         async def send_with_id(message: Message) -> None:
@@ -177,7 +171,7 @@ class Frontdoor:
                 async with asyncio.timeout(self.send_timeout_s):
                     await send(message)
             except TimeoutError:
-                state["status"] = 499  # uvicorn closes the connection of an unfinished answer
+                state["status"] = 499  # service/server.py aborts the connection of an unfinished answer
                 raise ClientGone(
                     f"the client did not read its answer within {self.send_timeout_s:g} s"
                 ) from None

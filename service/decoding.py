@@ -20,7 +20,7 @@ from __future__ import annotations
 import io
 import math
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Literal
 
 import msgspec
@@ -54,7 +54,6 @@ class Batch:
     x: np.ndarray  # (n, channels, samples) float32, as received (channels possibly repeated)
     model_version: int | None = None
     quality: str = "basic"
-    problems: list[Problem] = field(default_factory=list)
 
 
 def fail(reason: str, detail: str, segment: int | None = None) -> ValidationFailed:

@@ -84,7 +84,6 @@ ERRORS: dict[type[BaseException], tuple[int, str]] = {
     ClientGone: (499, "client_gone"),
 }
 INTERNAL = (500, "internal")
-REASONS = tuple(sorted({r for _, r in ERRORS.values()} | {INTERNAL[1]}))
 
 
 def classify(exc: BaseException) -> tuple[int, str]:
