@@ -104,7 +104,9 @@ def hostile() -> list[tuple[str, bytes, dict[str, str], dict[str, str]]]:
         ),
         (
             "json-1e300",
-            json.dumps({"modality": "ecg", "fs": 128, "segments": (ECG * 1e300).tolist()}).encode(),
+            json.dumps(
+                {"modality": "ecg", "fs": 128, "segments": (ECG.astype(np.float64) * 1e300).tolist()}
+            ).encode(),
             JSON_H,
             {},
         ),
