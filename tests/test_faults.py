@@ -190,7 +190,8 @@ def _versions(c: httpx.Client) -> tuple[set[tuple[str, int]], dict[tuple[str, in
 
 
 def test_bad_versions_never_take_the_gateway_down(tmp_path) -> None:
-    """A truncated model.onnx, one changed in place, and one that breaks the contract, each in a new
+    """A truncated model.onnx, one changed in place, one that breaks the contract and one whose
+    weights are NaN, each in a new
     version folder, then a restart: every good version serves within 10 s, each bad one is listed
     with its reason and counted, and a repaired file is picked up by the retry loop."""
     import json
@@ -201,7 +202,7 @@ def test_bad_versions_never_take_the_gateway_down(tmp_path) -> None:
     from pulsefm import contract as C
 
     repo = build_repo(tmp_path)  # ppg v1, ecg v1
-    for mod, versions in (("ecg", (2, 3)), ("ppg", (2,))):  # copies of v1: valid versions, no export
+    for mod, versions in (("ecg", (2, 3)), ("ppg", (2, 3))):  # copies of v1: valid versions, no export
         for kind in ("encoder", "probes"):
             model_dir = repo / C.model_name(mod, kind)
             for v in versions:
@@ -223,6 +224,19 @@ def test_bad_versions_never_take_the_gateway_down(tmp_path) -> None:
     card = json.loads((ppg2 / C.CARD_FILE).read_text())
     card["sha256"] = __import__("hashlib").sha256((ppg2 / C.MODEL_FILE).read_bytes()).hexdigest()
     (ppg2 / C.CARD_FILE).write_text(json.dumps(card))
+    # ppg v3: well-formed, contract-true, checksum-true, but its weights are NaN (caught at warm-up)
+    ppg3 = repo / "ppg_encoder" / "3"
+    model = onnx.load(str(ppg3 / C.MODEL_FILE))
+    init = next(
+        t for t in model.graph.initializer if t.data_type == onnx.TensorProto.FLOAT and len(t.dims) > 1
+    )
+    weights = onnx.numpy_helper.to_array(init).copy()
+    weights[...] = np.nan
+    init.CopyFrom(onnx.numpy_helper.from_array(weights, init.name))
+    onnx.save(model, str(ppg3 / C.MODEL_FILE))
+    card = json.loads((ppg3 / C.CARD_FILE).read_text())
+    card["sha256"] = __import__("hashlib").sha256((ppg3 / C.MODEL_FILE).read_bytes()).hexdigest()
+    (ppg3 / C.CARD_FILE).write_text(json.dumps(card))
 
     settings = Settings(repo=repo, retry_failed_s=1.0)
     t0 = time.monotonic()
@@ -235,7 +249,12 @@ def test_bad_versions_never_take_the_gateway_down(tmp_path) -> None:
         assert time.monotonic() - t0 < 10
         served, failed = _versions(c)
         assert served == {("ecg", 1), ("ppg", 1)}, served
-        assert failed == {("ecg", 2): "checksum", ("ecg", 3): "checksum", ("ppg", 2): "contract"}, failed
+        assert failed == {
+            ("ecg", 2): "checksum",
+            ("ecg", 3): "checksum",
+            ("ppg", 2): "contract",
+            ("ppg", 3): "warmup",
+        }, failed
         for mod, fs, x in (
             ("ecg", 128, raw_segments("ecg", 1, 128.0)),
             ("ppg", 64, raw_segments("ppg", 1, 64.0)),
@@ -244,7 +263,7 @@ def test_bad_versions_never_take_the_gateway_down(tmp_path) -> None:
             assert r.status_code == 200 and r.json()["model"]["version"] == 1, r.text
         metrics = c.get("/metrics").text
         assert 'pulsefm_model_load_failures_total{modality="ecg",reason="checksum"}' in metrics
-        assert "pulsefm_models_failed 3.0" in metrics
+        assert "pulsefm_models_failed 4.0" in metrics
         ecg2.write_bytes(good_ecg2)  # the file is repaired: the retry loop serves it
         deadline = time.monotonic() + 10
         while ("ecg", 2) not in _versions(c)[0] and time.monotonic() < deadline:
