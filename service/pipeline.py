@@ -138,7 +138,8 @@ class Pipeline:
                     prep.sqi[j],
                 )
             if miss:
-                rows = [need.index(i) for i in miss] if need != miss else list(range(len(miss)))
+                # need is either the misses themselves or every segment (quality=full)
+                rows = list(range(len(miss))) if need is miss else miss
                 out = await self.state.batcher(mv).submit(prep.data[rows], self.endpoint)
                 self.check_finite(out, miss, "embedding")
                 emb[miss] = out

@@ -43,7 +43,6 @@ class State:
     ready: bool = False
     reload_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
     inflight: int = 0  # admitted segments not yet answered
-    failed: list[LoadFailure] = field(default_factory=list)
     background: set[asyncio.Task[None]] = field(default_factory=set)
 
     @contextlib.contextmanager
@@ -130,8 +129,7 @@ async def reload_models(state: State) -> list[ModelVersion]:
                 del versions[v]
             if not versions:
                 del fresh.models[modality]
-        _report(state.failed, failed)
-        state.failed = failed
+        _report(state.registry.failed, failed)
         models = fresh.all()
         state.registry.models, state.registry.failed = fresh.models, failed  # the swap
         MODEL_INFO.info({f"{mv.modality}_v{mv.version}": mv.encoder_sha256[:12] for mv in models})
@@ -179,7 +177,7 @@ async def watch(state: State, every_s: float) -> None:
         await asyncio.sleep(period)
         waited += period
         try:
-            if state.failed and retry > 0 and waited >= retry:
+            if state.registry.failed and retry > 0 and waited >= retry:
                 waited = 0.0
                 await reload_models(state)
                 continue

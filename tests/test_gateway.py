@@ -267,3 +267,17 @@ def test_gateway_preprocessing_is_the_training_pipeline(modality, fs) -> None:
     got = preprocess(x, fs, spec).data
     ref = np.stack([process_array(s, fs, spec, check=False).data[0] for s in x])
     np.testing.assert_allclose(got, ref, atol=1e-6)
+
+
+def test_full_quality_with_some_segments_cached_embeds_the_right_rows(client, repo) -> None:
+    """quality=full preprocesses every segment but embeds only the misses: their rows must line up."""
+    x = raw_segments("ppg", 3, 64.0, seed=11)
+    body = {"modality": "ppg", "fs": 64}
+    client.post("/v1/embed", json=body | {"segments": x[[0, 2]].tolist()})  # caches two of three
+    mixed = client.post("/v1/embed", json=body | {"segments": x.tolist(), "quality": "full"}).json()
+    assert [q["cached"] for q in mixed["quality"]] == [True, False, True]
+    ref = ort_session(repo / "ppg_encoder" / "1" / C.MODEL_FILE).run(
+        None, {C.ENCODER_INPUT: preprocess(x, 64.0, spec_for("ppg")).data}
+    )[0]
+    np.testing.assert_allclose(np.asarray(mixed["embeddings"]), ref, atol=1e-4)  # every row its own
+    assert all(q["heart_rate_bpm"] is not None for q in mixed["quality"])

@@ -27,7 +27,7 @@ async def readyz(state: GatewayState) -> Response:
         "backend": state.backend.name,
         "backend_ok": backend_ok,
         "models": len(state.registry.all()),
-        "failed": len(state.failed),
+        "failed": len(state.registry.failed),
     }
     return JSONResponse(body, status_code=200 if ok else 503)
 

@@ -22,7 +22,7 @@ router = APIRouter()
 async def models(state: GatewayState, _: ApiKey) -> dict[str, Any]:
     return {
         "models": [mv.describe() for mv in state.registry.all()],
-        "failed": [f.as_dict() for f in state.failed],
+        "failed": [f.as_dict() for f in state.registry.failed],
         "backend": state.backend.name,
     }
 
@@ -36,5 +36,5 @@ async def reload(state: GatewayState, _: AdminKey) -> dict[str, Any]:
     models = await reload_models(state)
     return {
         "served": [{"modality": m.modality, "version": m.version} for m in models],
-        "failed": [f.as_dict() for f in state.failed],
+        "failed": [f.as_dict() for f in state.registry.failed],
     }
