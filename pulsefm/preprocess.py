@@ -107,13 +107,19 @@ def zscore(segments: np.ndarray) -> np.ndarray:
     return (segments - mu) / np.maximum(sd, Z_EPS)
 
 
+def channel_map(k: int, n: int) -> list[int]:
+    """Which of `k` given channels feeds each of the encoder's `n` inputs: input i takes channel
+    i mod k (PPG: 1 channel -> all four inputs; green + infrared -> g, ir, g, ir; 3 -> a, b, c, a)."""
+    if not 1 <= k <= n:
+        raise ValueError(f"expected 1 to {n} channel(s), got {k}")
+    return [i % k for i in range(n)]
+
+
 def match_channels(x: np.ndarray, n: int) -> np.ndarray:
-    """Bring (C, T) to n channels: a single channel is repeated; extra channels are an error."""
-    if x.shape[0] == n:
+    """Bring (..., C, T) to n channels by `channel_map`; more than n channels is an error."""
+    if x.shape[-2] == n:
         return x
-    if x.shape[0] == 1:
-        return np.repeat(x, n, axis=0)
-    raise ValueError(f"expected {n} channel(s) (or 1 to repeat), got {x.shape[0]}")
+    return np.take(x, channel_map(x.shape[-2], n), axis=-2)
 
 
 def filter_and_resample(x: np.ndarray, fs: float, spec: PreprocessSpec) -> np.ndarray:

@@ -27,19 +27,18 @@ import msgspec
 import numpy as np
 
 from pulsefm.preprocess import PreprocessSpec, spec_for
-from pulsefm.quality import NONFINITE, raw_checks
 from pulsefm.records import Modality
 from service.errors import Problem, ValidationFailed
+from service.windows import OUT_OF_RANGE, Windows, cut, parse_stride
 
 JSON, NPY, RAW = "application/json", "application/x-npy", "application/octet-stream"
-OUT_OF_RANGE = "out_of_range"
+MULTIPART = "multipart/form-data"
 MAX_VERSION = 2**31 - 1
-_FLOAT32_MAX = float(np.finfo(np.float32).max)
 
 
 @dataclass(frozen=True)
 class Limits:
-    max_segments: int = 64
+    max_windows: int = 4096
     min_fs: float = 16.0
     max_fs: float = 4096.0
     duration_tolerance: float = 0.02
@@ -47,11 +46,11 @@ class Limits:
 
 @dataclass
 class Batch:
-    """Validated raw segments of one request."""
+    """One request's recordings, cut into checked windows."""
 
     modality: str
     fs: float
-    x: np.ndarray  # (n, channels, samples) float32, as received (channels possibly repeated)
+    windows: Windows
     model_version: int | None = None
     quality: str = "basic"
 
@@ -111,6 +110,8 @@ class _JsonBody(msgspec.Struct):
     fs: float | None = None
     model_version: int | None = None
     quality: Literal["basic", "full"] = "basic"
+    stride_s: float | None = None
+    channels: list[int] | None = None
 
 
 _BODY = msgspec.json.Decoder(_JsonBody)
@@ -128,7 +129,9 @@ def _json_problem(exc: Exception) -> ValidationFailed:
     msg = str(exc)
     where = _AT.search(msg)
     name = where.group(1) if where else ""
-    reason = name if name in ("modality", "fs", "model_version", "quality") else "json"
+    reason = (
+        name if name in ("modality", "fs", "model_version", "quality", "stride_s", "channels") else "json"
+    )
     return fail(reason, f"invalid request body: {msg}")
 
 
@@ -219,71 +222,66 @@ def decode_raw(body: bytes, shape_header: str | None) -> np.ndarray:
 
 
 # ------------------------------------------------------------------------------ the signal
-def check_array(arr: np.ndarray, modality: str, fs: float, limits: Limits) -> np.ndarray:
-    """Shape, channel, length and raw-signal checks on the float32 array; returns (n, C, T) float32."""
+def parse_channels(value: Any, available: int) -> list[int] | None:
+    """Channel indices to keep, in order: a JSON list of integers or "0,2" in a query string."""
+    if value is None or value == "" or value == []:
+        return None
+    if isinstance(value, str) and re.fullmatch(r"\s*\d{1,3}\s*(?:,\s*\d{1,3}\s*){0,15}", value):
+        value = [int(v) for v in value.split(",")]
+    if (
+        isinstance(value, list)
+        and all(isinstance(v, int) and not isinstance(v, bool) and 0 <= v < available for v in value)
+        and len(set(value)) == len(value)
+    ):
+        return list(value)
+    raise fail("channels", f"channels must be distinct indices in [0, {available}), got {value!r:.60}")
+
+
+def to_windows(
+    arr: np.ndarray, modality: str, fs: float, limits: Limits, stride: Any = None, channels: Any = None
+) -> Windows:
+    """Shape, channel and length checks, the float32 cast, then windows checked one by one."""
     spec = spec_for(modality)
     if arr.ndim == 1:
-        arr = arr[None, None, :]  # one single-channel segment
+        arr = arr[None, None, :]  # one single-channel recording
     elif arr.ndim == 2:
-        arr = arr[None]  # one segment (channels, samples)
+        arr = arr[None]  # one recording (channels, samples)
     if arr.ndim != 3 or 0 in arr.shape:
-        raise fail("shape", f"segments must be [segment][channel][sample]; got shape {list(arr.shape)}")
-    n, channels, samples = arr.shape
-    if n > limits.max_segments:
-        raise fail("too_many_segments", f"{n} segments in one request; the limit is {limits.max_segments}")
-    if channels not in (spec.channels, 1):
+        raise fail("shape", f"segments must be [recording][channel][sample]; got shape {list(arr.shape)}")
+    picked = parse_channels(channels, arr.shape[1])
+    if picked is not None:
+        arr = arr[:, picked]
+    if not 1 <= arr.shape[1] <= spec.channels:
         raise fail(
-            "channels", f"{modality} takes {spec.channels} channel(s) (or 1, repeated); got {channels}"
-        )
-    want = spec.duration_s * fs
-    tol = limits.duration_tolerance
-    if samples < want * (1 - tol):
-        raise fail(
-            "too_short",
-            f"{samples} samples at {fs:g} Hz = {samples / fs:.2f} s; {modality} needs {spec.duration_s:g} s",
-        )
-    if samples > want * (1 + tol):
-        raise fail(
-            "too_long",
-            f"{samples} samples at {fs:g} Hz = {samples / fs:.2f} s; {modality} takes {spec.duration_s:g} s "
-            "segments (split longer recordings)",
+            "channels",
+            f"{modality} takes 1 to {spec.channels} channel(s) (mapped onto the encoder's {spec.channels} "
+            f"inputs, docs/api.md); got {arr.shape[1]}: pick some with channels=",
         )
     with np.errstate(over="ignore", invalid="ignore"):
         x32 = np.ascontiguousarray(arr, dtype=np.float32)  # what the encoder's preprocessing gets
-    finite32 = np.asarray(np.isfinite(x32).all(axis=(1, 2)))
-    finite_src = finite32 if arr.dtype == np.float32 else np.asarray(np.isfinite(arr).all(axis=(1, 2)))
-    problems = []
-    for i in range(n):
-        if not finite_src[i]:
-            problems.append(Problem(NONFINITE, f"segment {i}: NaN, inf or missing (null) samples", i))
-            continue
-        if not finite32[i]:
-            problems.append(
-                Problem(
-                    OUT_OF_RANGE, f"segment {i}: samples beyond float32's range (|x| > {_FLOAT32_MAX:.3g})", i
-                )
-            )
-            continue
-        for reason in raw_checks(x32[i], fs):
-            problems.append(Problem(reason, f"segment {i}: {reason.replace('_', ' ')}", i))
-    if problems:
-        raise ValidationFailed(problems)
-    return x32
+    return cut(arr, x32, fs, spec, parse_stride(stride, spec), limits.duration_tolerance, limits.max_windows)
 
 
 def parse_batch(body: bytes, ctype: str, shape: str | None, query: dict[str, str], limits: Limits) -> Batch:
-    """Decode + validate one request body (JSON, .npy or raw float32) into raw segments."""
+    """Decode + validate one request body (JSON, .npy or raw float32) into checked windows."""
     if ctype in (NPY, RAW):
         arr = decode_npy(body) if ctype == NPY else decode_raw(body, shape)
-        modality = parse_modality(query.get("modality"))
-        fs = parse_fs(query.get("fs"), limits, spec_for(modality))
-        version = parse_version(query.get("model_version"))
-        quality = parse_quality(query.get("quality", "basic"))
-    elif ctype == JSON:
+        return from_array(arr, query, limits)
+    if ctype == JSON:
         doc, arr = decode_json(body)
         modality = parse_modality(doc.modality)
         fs = parse_fs(doc.fs, limits, spec_for(modality))
-        version, quality = parse_version(doc.model_version), doc.quality
-    else:
-        raise fail("content_type", f"unsupported content type {ctype[:60]!r}; use {JSON}, {NPY} or {RAW}")
-    return Batch(modality, fs, check_array(arr, modality, fs, limits), version, quality)
+        windows = to_windows(arr, modality, fs, limits, doc.stride_s, doc.channels)
+        return Batch(modality, fs, windows, parse_version(doc.model_version), doc.quality)
+    raise fail(
+        "content_type", f"unsupported content type {ctype[:60]!r}; use {JSON}, {NPY}, {RAW} or {MULTIPART}"
+    )
+
+
+def from_array(arr: np.ndarray, query: dict[str, str], limits: Limits) -> Batch:
+    """A decoded array plus query (or form) parameters -> a Batch."""
+    modality = parse_modality(query.get("modality"))
+    fs = parse_fs(query.get("fs"), limits, spec_for(modality))
+    windows = to_windows(arr, modality, fs, limits, query.get("stride_s"), query.get("channels"))
+    version = parse_version(query.get("model_version"))
+    return Batch(modality, fs, windows, version, parse_quality(query.get("quality", "basic")))

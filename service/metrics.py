@@ -18,7 +18,14 @@ REQUESTS = Counter(
     'Answers by route template (unmatched paths: "unmatched") and status code, every status',
     ["endpoint", "status"],
 )
-SEGMENTS = Counter("pulsefm_segments_total", "Segments received", ["endpoint", "modality"])
+SEGMENTS = Counter(
+    "pulsefm_segments_total", "Windows received (a recording gives one or more)", ["endpoint", "modality"]
+)
+WINDOWS_REJECTED = Counter(
+    "pulsefm_windows_rejected_total",
+    "Windows left out of an answer, by reason (nonfinite, flat_line, clipping, non_finite_output, ...)",
+    ["endpoint", "modality", "reason"],
+)
 FAILURES = Counter("pulsefm_request_failures_total", "Failed requests by reason", ["reason"])
 BATCH_SIZE = Histogram(
     "pulsefm_batch_size", "Segments per backend call", ["modality"], buckets=(1, 2, 4, 8, 16, 32, 48, 64, 128)

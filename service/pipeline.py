@@ -1,12 +1,17 @@
 """The request pipeline of /v1/embed and /v1/predict, one stage per method, in the order they run:
 
-    validate -> admit -> resolve -> cache lookup -> preprocess -> batch + backend -> finite check
-    -> cache write -> (predict) probes
+    validate (decode, cut into windows, check each) -> resolve -> per chunk of windows: admit ->
+    cache lookup -> preprocess -> batch + backend -> finite check -> cache write -> (predict) probes
 
 Admission by request count and body bytes happened before the body was read (service/asgi.py);
-`admit` here is the second bound, by segments, once their number is known. CPU stages run in the
-gateway's own bounded pool, never on the event loop. A non-finite embedding or probe output is
-never returned or cached: it is a 422 (`non_finite_output`) naming the segments.
+`admit` here is the second bound, by windows, chunk by chunk (`max_segments` at a time), so a long
+recording goes through in steps instead of being refused. CPU stages run in the gateway's own
+bounded pool, never on the event loop.
+
+Partial success: a window that fails a check (raw samples, a channel flat in the model's band,
+a non-finite embedding or probe output) is reported with its reasons and left out; the request
+fails (422 naming every window's reasons) only when no window is usable. A non-finite output is
+never returned or cached.
 """
 
 from __future__ import annotations
@@ -20,13 +25,15 @@ from typing import Any
 import numpy as np
 
 from pulsefm import contract as C
+from pulsefm.quality import FLAT_LINE
 from service.cache import cache_key, decode, encode
 from service.decoding import Batch, Limits, parse_batch
-from service.errors import NonFiniteOutput, NotReady, Problem, UnknownModel, ValidationFailed
-from service.metrics import CACHE_ERRORS, SEGMENTS, STAGE_SECONDS
+from service.errors import NonFiniteOutput, NotReady, Problem, UnknownModel
+from service.metrics import CACHE_ERRORS, SEGMENTS, STAGE_SECONDS, WINDOWS_REJECTED
 from service.registry import ModelVersion
 from service.signals import Prepared, preprocess
 from service.state import State
+from service.windows import NON_FINITE_OUTPUT, Windows
 
 EMBEDDING_BYTES = 4 * C.EMBED_DIM
 
@@ -40,27 +47,58 @@ class Body:
 
 
 @dataclass
+class Quality:
+    """Per window: soft flags, heart rate and SQI (quality=full), served from the cache."""
+
+    flags: list[list[str]]
+    heart_rate_bpm: list[float | None]
+    sqi: list[float | None]
+    cached: list[bool]
+
+    @classmethod
+    def empty(cls, n: int) -> Quality:
+        return cls([[] for _ in range(n)], [None] * n, [None] * n, [False] * n)
+
+
+@dataclass
 class Result:
     model: ModelVersion
-    embeddings: np.ndarray  # (n, 256) float32
-    quality: dict[str, Any]
-    predictions: np.ndarray | None = None  # (n + 1, K): per segment, then the mean embedding's
+    windows: Windows
+    embeddings: np.ndarray  # (windows, 256) float32; NaN rows for the unusable ones
+    quality: Quality
+    used: list[int]  # usable windows, ascending
+    predictions: np.ndarray | None = None  # (len(used) + 1, K): per used window, then the mean's
+
+    @property
+    def mean_embedding(self) -> np.ndarray:
+        return np.asarray(self.embeddings[self.used].mean(axis=0), dtype=np.float32)
 
 
 class Pipeline:
     def __init__(self, state: State, endpoint: str) -> None:
         self.state, self.endpoint = state, endpoint
         s = state.settings
-        self.limits = Limits(s.max_segments, s.min_fs, s.max_fs, s.duration_tolerance)
+        self.limits = Limits(s.max_windows, s.min_fs, s.max_fs, s.duration_tolerance)
+        self.chunk = max(1, s.max_segments)
 
     async def run(self, body: Body, with_probes: bool = False) -> Result:
-        batch = await self.validate(body)
-        with self.state.admit(len(batch.x)):
-            mv = self.resolve(batch)
-            keys, emb, hit = await self.lookup(mv, batch)
-            quality = await self.embed_misses(mv, batch, keys, emb, hit)
-            predictions = await self.probes(mv, emb) if with_probes else None
-        return Result(mv, emb, quality, predictions)
+        return await self.serve(await self.validate(body), with_probes)
+
+    async def serve(self, batch: Batch, with_probes: bool = False) -> Result:
+        mv = self.resolve(batch)
+        win = batch.windows
+        emb = np.full((len(win), C.EMBED_DIM), np.nan, dtype=np.float32)
+        quality = Quality.empty(len(win))
+        usable = win.usable()
+        for a in range(0, len(usable), self.chunk):
+            chunk = usable[a : a + self.chunk]
+            with self.state.admit(len(chunk)):
+                await self.embed_chunk(mv, batch, chunk, emb, quality)
+        res = Result(mv, win, emb, quality, win.usable())
+        if with_probes:
+            await self.probes(res)
+        self.count(res)
+        return res
 
     async def _cpu(self, stage: str, fn: Any, *args: Any) -> Any:
         t0 = time.perf_counter()
@@ -78,20 +116,21 @@ class Pipeline:
         if not self.state.ready:
             raise NotReady("models are not loaded yet (backend unreachable?); see /readyz")
         mv = self.state.registry.resolve(batch.modality, batch.model_version)
-        SEGMENTS.labels(self.endpoint, mv.modality).inc(len(batch.x))
+        SEGMENTS.labels(self.endpoint, mv.modality).inc(len(batch.windows))
         return mv
 
-    async def lookup(self, mv: ModelVersion, batch: Batch) -> tuple[list[str], np.ndarray, list[bool]]:
-        """Cache keys per segment, the embeddings found, and which were found (validated: a stored
-        value of the wrong length or with NaN is a miss, counted, and overwritten)."""
+    async def lookup(
+        self, mv: ModelVersion, batch: Batch, segs: np.ndarray
+    ) -> tuple[list[str], list[bool], np.ndarray]:
+        """Cache keys per window, which were found, and what was found (validated: a stored value
+        of the wrong length or with NaN is a miss, counted, and overwritten)."""
         t0 = time.perf_counter()
         name = C.model_name(mv.modality, "encoder")
         keys = [
-            cache_key(name, mv.version, mv.preprocess_version, mv.encoder_sha256, batch.fs, s)
-            for s in batch.x
+            cache_key(name, mv.version, mv.preprocess_version, mv.encoder_sha256, batch.fs, s) for s in segs
         ]
         stored = await self.state.cache.get_many(keys)
-        emb = np.empty((len(keys), C.EMBED_DIM), dtype=np.float32)
+        found = np.empty((len(keys), C.EMBED_DIM), dtype=np.float32)
         hit = [False] * len(keys)
         for i, v in enumerate(stored):
             if v is None:
@@ -100,75 +139,82 @@ class Pipeline:
             if vec is None or not np.isfinite(vec).all():
                 CACHE_ERRORS.labels(self.state.cache.name, "invalid").inc()
                 continue
-            emb[i], hit[i] = vec, True
+            found[i], hit[i] = vec, True
         STAGE_SECONDS.labels("cache", self.endpoint).observe(time.perf_counter() - t0)
-        return keys, emb, hit
+        return keys, hit, found
 
-    async def embed_misses(
-        self, mv: ModelVersion, batch: Batch, keys: list[str], emb: np.ndarray, hit: list[bool]
-    ) -> dict[str, Any]:
-        """Preprocess what is needed, run the misses through the batcher, check and cache them."""
-        n = len(keys)
-        quality: dict[str, Any] = {
-            "flags": [[] for _ in keys],
-            "heart_rate_bpm": [None] * n,
-            "sqi": [None] * n,
-        }
-        miss = [i for i in range(n) if not hit[i]]
-        need = miss if batch.quality == "basic" else list(range(n))
-        if need:
-            prep: Prepared = await self._cpu(
-                "preprocess", preprocess, batch.x[need], batch.fs, mv.spec, batch.quality == "full"
+    async def embed_chunk(
+        self, mv: ModelVersion, batch: Batch, chunk: list[int], emb: np.ndarray, quality: Quality
+    ) -> None:
+        """Embeddings of windows `chunk` into `emb`: from the cache, else preprocessed and run through
+        the batcher, checked and cached. Windows that fail are rejected in `batch.windows`."""
+        win = batch.windows
+        segs = win.take(chunk)
+        keys, hit, found = await self.lookup(mv, batch, segs)
+        for j, w in enumerate(chunk):
+            if hit[j]:
+                emb[w], quality.cached[w] = found[j], True
+        miss = [j for j in range(len(chunk)) if not hit[j]]
+        need = miss if batch.quality == "basic" else list(range(len(chunk)))
+        if not need:
+            return
+        prep: Prepared = await self._cpu(
+            "preprocess", preprocess, segs[need], batch.fs, mv.spec, batch.quality == "full"
+        )
+        flat = set(prep.flat)
+        for k, j in enumerate(need):
+            w = chunk[j]
+            if k in flat:
+                win.reject(w, FLAT_LINE, "a channel has no signal in the model's band")
+                emb[w] = np.nan
+                continue
+            quality.flags[w], quality.heart_rate_bpm[w], quality.sqi[w] = (
+                prep.flags[k],
+                prep.heart_rate_bpm[k],
+                prep.sqi[k],
             )
-            if prep.flat:
-                raise ValidationFailed(
-                    [
-                        Problem(
-                            "flat_line",
-                            f"segment {need[j]}: a channel has no signal in the model's band",
-                            need[j],
-                        )
-                        for j in prep.flat
-                    ]
-                )
-            for j, i in enumerate(need):
-                quality["flags"][i], quality["heart_rate_bpm"][i], quality["sqi"][i] = (
-                    prep.flags[j],
-                    prep.heart_rate_bpm[j],
-                    prep.sqi[j],
-                )
-            if miss:
-                # need is either the misses themselves or every segment (quality=full)
-                rows = list(range(len(miss))) if need is miss else miss
-                out = await self.state.batcher(mv).submit(prep.data[rows], self.endpoint)
-                self.check_finite(out, miss, "embedding")
-                emb[miss] = out
-                await self.state.cache.set_many({keys[i]: encode(out[j]) for j, i in enumerate(miss)})
-        quality["cached"] = hit
-        return quality
+        rows = [k for k, j in enumerate(need) if not hit[j] and k not in flat]
+        if not rows:
+            return
+        out = await self.state.batcher(mv).submit(prep.data[rows], self.endpoint)
+        finite = np.isfinite(out).all(axis=1)
+        fresh: dict[str, bytes] = {}
+        for r, k in enumerate(rows):
+            j = need[k]
+            if not finite[r]:
+                win.reject(chunk[j], NON_FINITE_OUTPUT, "the model's embedding is not finite")
+                continue
+            emb[chunk[j]] = out[r]
+            fresh[keys[j]] = encode(out[r])
+        if fresh:
+            await self.state.cache.set_many(fresh)
 
-    @staticmethod
-    def check_finite(out: np.ndarray, segments: list[int], what: str) -> None:
-        bad = np.flatnonzero(~np.isfinite(out).all(axis=1))
-        if bad.size:
-            raise NonFiniteOutput(
-                [
-                    Problem(
-                        "non_finite_output",
-                        f"segment {segments[j]}: the model's {what} is not finite",
-                        segments[j],
-                    )
-                    for j in bad
-                    if j < len(segments)
-                ]
-                or [Problem("non_finite_output", f"the model's {what} for the mean embedding is not finite")]
-            )
-
-    async def probes(self, mv: ModelVersion, emb: np.ndarray) -> np.ndarray:
+    async def probes(self, res: Result) -> None:
+        """Probe outputs per usable window and for their mean embedding; a window whose outputs are
+        not finite is rejected (and the mean taken again without it)."""
+        mv = res.model
         if not mv.outputs:
             raise UnknownModel(f"{mv.modality} version {mv.version} has no probe heads")
         t0 = time.perf_counter()
-        out = await self.state.backend.predict(mv, np.concatenate([emb, emb.mean(axis=0, keepdims=True)]))
+        while True:
+            if not res.used:
+                raise res.windows.unusable()
+            rows = np.concatenate([res.embeddings[res.used], res.mean_embedding[None]])
+            out = await self.state.backend.predict(mv, rows)
+            bad = np.flatnonzero(~np.isfinite(out).all(axis=1))
+            if not bad.size:
+                break
+            if bad[-1] == len(res.used) and bad.size == 1:
+                raise NonFiniteOutput(
+                    [Problem(NON_FINITE_OUTPUT, "the probes' output for the mean embedding is not finite")]
+                )
+            for b in bad[bad < len(res.used)]:
+                res.windows.reject(res.used[b], NON_FINITE_OUTPUT, "the probes' output is not finite")
+            res.used = res.windows.usable()
         STAGE_SECONDS.labels("probes", self.endpoint).observe(time.perf_counter() - t0)
-        self.check_finite(out, list(range(len(emb))), "probe output")
-        return out
+        res.predictions = out
+
+    def count(self, res: Result) -> None:
+        for problems in res.windows.problems.values():
+            for p in problems:
+                WINDOWS_REJECTED.labels(self.endpoint, res.model.modality, p.reason).inc()

@@ -7,6 +7,9 @@ from typing import Any
 import numpy as np
 from pydantic import BaseModel, Field
 
+from service.pipeline import Quality
+from service.windows import Windows
+
 
 class EmbedRequest(BaseModel):
     modality: str = Field(description='"ppg" (4 channels x 60 s) or "ecg" (1 lead x 30 s)', examples=["ecg"])
@@ -14,11 +17,17 @@ class EmbedRequest(BaseModel):
         description="sampling rate of the samples sent, Hz (16-4096; resampled)", examples=[128]
     )
     segments: list[list[list[float]]] = Field(
-        description="[segment][channel][sample]; a single channel is repeated for PPG",
+        description=(
+            "[recording][channel][sample]: recordings of any length >= one window (PPG 60 s, ECG 30 s), "
+            "cut into windows server-side; PPG takes 1-4 channels (input i of the encoder gets "
+            "channel i mod k)"
+        ),
         examples=[[[[0.0] * 8]]],
     )
     model_version: int | None = Field(None, description="pin a served version (default: the latest)")
     quality: str = Field("basic", description='"basic" (raw checks) or "full" (+ heart rate and SQI, slower)')
+    stride_s: float | None = Field(None, description="seconds between window starts (default: one window)")
+    channels: list[int] | None = Field(None, description="channel indices to use, in order (default: all)")
 
 
 class ModelInfo(BaseModel):
@@ -29,18 +38,38 @@ class ModelInfo(BaseModel):
     training_data: str
 
 
-class SegmentQuality(BaseModel):
-    segment: int
+class WindowQuality(BaseModel):
+    window: int = Field(description="index into embeddings / predictions")
+    segment: int = Field(description="same as window (the name of the API's first version)")
+    recording: int = Field(description="which recording of the request (index along its first axis)")
+    start_s: float = Field(description="start of the window in its recording, seconds")
+    usable: bool = Field(description="false: no embedding (null); `reasons` says why")
+    reasons: list[str] = Field(
+        description="why unusable: nonfinite, out_of_range, flat_line, clipping, non_finite_output"
+    )
     flags: list[str] = Field(description="soft quality flags: implausible_heart_rate, low_sqi")
     heart_rate_bpm: float | None = None
     sqi: float | None = None
     cached: bool
 
 
+class RecordingSummary(BaseModel):
+    recording: int
+    duration_s: float
+    windows: int
+    used: int = Field(description="usable windows")
+    dropped_tail_s: float = Field(description="seconds after the last whole window, not embedded")
+
+
 class EmbedResponse(BaseModel):
     model: ModelInfo
-    embeddings: list[list[float]] = Field(description="one 256-d vector per segment")
-    quality: list[SegmentQuality]
+    window_s: float = Field(description="window length: PPG 60 s, ECG 30 s")
+    stride_s: float
+    embeddings: list[list[float] | None] = Field(description="one 256-d vector per window (null if unusable)")
+    quality: list[WindowQuality]
+    recordings: list[RecordingSummary]
+    windows_used: int
+    aggregate: list[float] = Field(description="mean embedding of the usable windows")
 
 
 class Output(BaseModel):
@@ -51,9 +80,15 @@ class Output(BaseModel):
 
 class PredictResponse(BaseModel):
     model: ModelInfo
-    predictions: list[dict[str, Output]] = Field(description="per segment: target -> output")
-    aggregate: dict[str, Output] = Field(description="the probes on the mean embedding of all segments")
-    quality: list[SegmentQuality]
+    window_s: float
+    stride_s: float
+    predictions: list[dict[str, Output] | None] = Field(
+        description="per window: target -> output (null if unusable)"
+    )
+    aggregate: dict[str, Output] = Field(description="the probes on the mean embedding of the usable windows")
+    quality: list[WindowQuality]
+    recordings: list[RecordingSummary]
+    windows_used: int
 
 
 class ModelsResponse(BaseModel):
@@ -111,16 +146,50 @@ REQUEST_BODY: dict[str, Any] = {
         {"name": "fs", "in": "query", "required": False, "schema": {"type": "number"}},
         {"name": "model_version", "in": "query", "required": False, "schema": {"type": "integer"}},
         {"name": "quality", "in": "query", "required": False, "schema": {"type": "string"}},
+        {"name": "stride_s", "in": "query", "required": False, "schema": {"type": "number"}},
+        {
+            "name": "channels",
+            "in": "query",
+            "required": False,
+            "schema": {"type": "string"},
+            "description": "comma-separated channel indices (binary bodies) or names (uploaded files)",
+        },
     ],
 }
 
 
-def quality_rows(q: dict[str, Any]) -> list[dict[str, Any]]:
-    return [
-        {"segment": i, "flags": f, "heart_rate_bpm": h, "sqi": s, "cached": c}
-        for i, (f, h, s, c) in enumerate(
-            zip(q["flags"], q["heart_rate_bpm"], q["sqi"], q["cached"], strict=True)
+def quality_rows(win: Windows, q: Quality) -> list[dict[str, Any]]:
+    rows = []
+    for w in range(len(win)):
+        reasons = [p.reason for p in win.problems.get(w, [])]
+        rows.append(
+            {
+                "window": w,
+                "segment": w,
+                "recording": win.recording(w),
+                "start_s": round(win.start_s(w), 3),
+                "usable": not reasons,
+                "reasons": reasons,
+                "flags": q.flags[w],
+                "heart_rate_bpm": q.heart_rate_bpm[w],
+                "sqi": q.sqi[w],
+                "cached": q.cached[w],
+            }
         )
+    return rows
+
+
+def recordings(win: Windows) -> list[dict[str, Any]]:
+    k = win.per_recording
+    return [
+        {
+            "recording": r,
+            "duration_s": round(win.x.shape[-1] / win.fs, 3),
+            "windows": k,
+            "used": sum(1 for w in range(r * k, (r + 1) * k) if w not in win.problems),
+            "dropped_tail_s": round(win.dropped_tail_s, 3),
+        }
+        for r in range(win.x.shape[0])
     ]
 
 

@@ -53,7 +53,10 @@ class Settings(BaseSettings):
     retry_after_s: int = 1
 
     # request limits
-    max_segments: int = Field(64, description="segments per request")
+    max_segments: int = Field(
+        64, description="windows of one request admitted at once (a longer recording goes in steps)"
+    )
+    max_windows: int = Field(4096, description="windows per request (a recording is cut server-side)")
     max_body_bytes: int = Field(64 * 1024 * 1024, description="larger bodies get 413")
     max_body_bytes_in_flight: int = Field(
         256 * 1024 * 1024,

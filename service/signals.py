@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from pulsefm.preprocess import Z_EPS, PreprocessSpec, filter_and_resample, zscore
+from pulsefm.preprocess import Z_EPS, PreprocessSpec, filter_and_resample, match_channels, zscore
 from pulsefm.quality import check_segment
 
 
@@ -37,9 +37,7 @@ def preprocess(x: np.ndarray, fs: float, spec: PreprocessSpec, full_quality: boo
     The same functions as `pulsefm.pipeline`, applied to the whole (n, C, T) batch at once (scipy
     filters along the last axis), which costs far fewer Python calls than a loop per segment.
     """
-    x64 = x.astype(np.float64)
-    if x64.shape[1] != spec.channels:  # a single channel, repeated (validated before)
-        x64 = np.repeat(x64, spec.channels, axis=1)
+    x64 = match_channels(x.astype(np.float64), spec.channels)  # 1..C channels (validated before)
     filtered = fit_length(filter_and_resample(x64, fs, spec), spec.window)
     band_std = filtered.std(axis=-1)  # (n, C)
     flat = [int(i) for i in np.flatnonzero(((band_std <= Z_EPS) | ~np.isfinite(band_std)).any(axis=1))]

@@ -123,7 +123,7 @@ def test_big_endian_and_fortran_npy_are_read_correctly() -> None:
     f = np.asfortranarray(PPG[None])
     np.testing.assert_array_equal(decode_npy(npy(f)), f)
     batch = parse_batch(npy(x), NPY, None, Q, LIMITS)
-    assert batch.x.dtype == np.float32 and batch.x.shape == (1, 1, 3840)
+    assert batch.windows.x.dtype == np.float32 and batch.windows.x.shape == (1, 1, 3840)
 
 
 @pytest.mark.parametrize(
@@ -178,8 +178,9 @@ def test_good_bodies_still_decode() -> None:
         (ECG.astype("<f4").tobytes(), RAW, "1, 1, 3840"),
     ]:
         batch = parse_batch(body, ctype, shape, Q, LIMITS)
-        assert batch.x.dtype == np.float32 and batch.x.shape == (1, 1, 3840)
-        np.testing.assert_allclose(batch.x[0], ECG, rtol=1e-6)
+        assert batch.windows.x.dtype == np.float32 and batch.windows.x.shape == (1, 1, 3840)
+        assert len(batch.windows) == 1 and batch.windows.usable() == [0]
+        np.testing.assert_allclose(batch.windows.take([0])[0], ECG, rtol=1e-6)
 
 
 # ------------------------------------------------------------------------------------ properties
@@ -189,8 +190,12 @@ def _check_outcome(body: bytes, ctype: str, shape: str | None, query: dict) -> N
     except ValidationFailed as exc:
         assert exc.problems and all(p.reason and p.detail for p in exc.problems)
         return
-    assert batch.x.dtype == np.float32 and batch.x.ndim == 3
-    assert np.isfinite(batch.x).all() and 1 <= len(batch.x) <= LIMITS.max_segments
+    win = batch.windows
+    assert win.x.dtype == np.float32 and win.x.ndim == 3
+    assert 1 <= len(win) <= LIMITS.max_windows and win.usable()
+    assert np.isfinite(win.take(win.usable())).all()  # every window the encoder will see
+    assert set(win.problems) == set(range(len(win))) - set(win.usable())
+    assert all(p.reason and p.detail for ps in win.problems.values() for p in ps)
     assert LIMITS.min_fs <= batch.fs <= LIMITS.max_fs
 
 
@@ -213,6 +218,8 @@ fields = st.fixed_dictionaries(
         "segments": json_values,
         "model_version": st.sampled_from([1, 0, None, -1]) | json_values,
         "quality": st.sampled_from(["basic", "full"]) | json_values,
+        "stride_s": st.sampled_from([None, 1, 30, 0.5, 1e9]) | json_values,
+        "channels": st.sampled_from([None, [0], [1, 0], [0, 0], [5]]) | json_values,
     },
 )
 
@@ -229,7 +236,8 @@ def test_any_json_document_is_a_result_or_a_422(doc: object) -> None:
     ctype=st.sampled_from([JSON, NPY, RAW, "text/plain"]),
     shape=st.none() | st.text(max_size=20),
     query=st.dictionaries(
-        st.sampled_from(["modality", "fs", "model_version", "quality"]), st.text(max_size=12)
+        st.sampled_from(["modality", "fs", "model_version", "quality", "stride_s", "channels"]),
+        st.text(max_size=12),
     ),
 )
 def test_any_bytes_any_type_any_header_is_a_result_or_a_422(

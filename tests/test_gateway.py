@@ -111,7 +111,18 @@ def _bad_cases() -> list[tuple[str, dict | bytes, dict, str]]:
             "channels",
         ),
         ("short", {"modality": "ecg", "fs": 128, "segments": [good[:, :1000].tolist()]}, {}, "too_short"),
-        ("long", {"modality": "ecg", "fs": 64, "segments": [good.tolist()]}, {}, "too_long"),
+        (
+            "stride",
+            {"modality": "ecg", "fs": 128, "segments": [good.tolist()], "stride_s": 0.01},
+            {},
+            "stride_s",
+        ),
+        (
+            "pick",
+            {"modality": "ecg", "fs": 128, "segments": [good.tolist()], "channels": [3]},
+            {},
+            "channels",
+        ),
         (
             "nan",
             {
@@ -128,12 +139,6 @@ def _bad_cases() -> list[tuple[str, dict | bytes, dict, str]]:
         ("modality", {"modality": "eeg", "fs": 128, "segments": [good.tolist()]}, {}, "modality"),
         ("fs", {"modality": "ecg", "fs": 5, "segments": [good.tolist()]}, {}, "fs"),
         ("fs-text", {"modality": "ecg", "fs": "fast", "segments": [good.tolist()]}, {}, "fs"),
-        (
-            "many",
-            {"modality": "ecg", "fs": 128, "segments": np.tile(good, (65, 1, 1)).tolist()},
-            {},
-            "too_many_segments",
-        ),
         ("json", b"{not json", {"Content-Type": "application/json"}, "json"),
         (
             "version",

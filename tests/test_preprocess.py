@@ -53,10 +53,14 @@ def test_zscore_per_channel() -> None:
     assert np.all(np.isfinite(zscore(np.ones((1, 1, 10)))))
 
 
-def test_match_channels() -> None:
-    assert match_channels(np.zeros((1, 5)), 4).shape == (4, 5)
-    with pytest.raises(ValueError, match="expected 4 channel"):
-        match_channels(np.zeros((3, 5)), 4)
+def test_match_channels_maps_one_to_four_channels_cyclically() -> None:
+    x = np.arange(3)[:, None] * np.ones((3, 5))  # channel c holds the value c
+    assert match_channels(x[:1], 4)[:, 0].tolist() == [0, 0, 0, 0]
+    assert match_channels(x[:2], 4)[:, 0].tolist() == [0, 1, 0, 1]  # e.g. green, infrared
+    assert match_channels(x, 4)[:, 0].tolist() == [0, 1, 2, 0]
+    assert match_channels(np.stack([x[:2]] * 3), 4).shape == (3, 4, 5)  # a batch (n, C, T)
+    with pytest.raises(ValueError, match="expected 1 to 4 channel"):
+        match_channels(np.zeros((5, 5)), 4)
 
 
 def test_spec_version_is_stable_and_tracks_fields() -> None:

@@ -81,22 +81,35 @@ async def _serve(request: Request, state: State, endpoint: str, with_probes: boo
     return await until_disconnect(request, Pipeline(state, endpoint).run(body, with_probes))
 
 
+def window_doc(res: Result) -> dict[str, Any]:
+    win = res.windows
+    return {
+        "model": model_info(res.model),
+        "window_s": round(win.length / win.fs, 3),
+        "stride_s": win.stride_s,
+        "quality": schemas.quality_rows(win, res.quality),
+        "recordings": schemas.recordings(win),
+        "windows_used": len(res.used),
+    }
+
+
 @router.post(
     "/v1/embed",
     response_model=schemas.EmbedResponse,
     **BODIES_AND_ERRORS,
-    summary="256-d embeddings of PPG / ECG segments",
+    summary="256-d embeddings of PPG / ECG recordings, per window",
 )
 async def embed(request: Request, state: GatewayState, _: ApiKey) -> Response:
     res = await _serve(request, state, "/v1/embed", with_probes=False)
     if NPY in request.headers.get("accept", ""):
         buf = io.BytesIO()
-        np.save(buf, res.embeddings)
-        return Response(buf.getvalue(), media_type=NPY, headers={"X-Model-Version": str(res.model.version)})
-    doc = {
-        "model": model_info(res.model),
-        "embeddings": res.embeddings,
-        "quality": schemas.quality_rows(res.quality),
+        np.save(buf, res.embeddings)  # unusable windows are NaN rows
+        headers = {"X-Model-Version": str(res.model.version), "X-Windows-Used": str(len(res.used))}
+        return Response(buf.getvalue(), media_type=NPY, headers=headers)
+    usable = set(res.used)
+    doc = window_doc(res) | {
+        "embeddings": [res.embeddings[w] if w in usable else None for w in range(len(res.windows))],
+        "aggregate": res.mean_embedding,
     }
     return json_response(doc, res.model)
 
@@ -105,16 +118,17 @@ async def embed(request: Request, state: GatewayState, _: ApiKey) -> Response:
     "/v1/predict",
     response_model=schemas.PredictResponse,
     **BODIES_AND_ERRORS,
-    summary="Probe outputs (age, BMI, sex, ...) per segment and for the request's mean embedding",
+    summary="Probe outputs (age, BMI, sex, ...) per window and for the mean embedding",
 )
 async def predict(request: Request, state: GatewayState, _: ApiKey) -> Response:
     res = await _serve(request, state, "/v1/predict", with_probes=True)
     assert res.predictions is not None
     outputs = res.model.outputs
-    doc = {
-        "model": model_info(res.model),
-        "predictions": [schemas.prediction(outputs, row) for row in res.predictions[:-1]],
+    per_window: list[dict[str, Any] | None] = [None] * len(res.windows)
+    for row, w in zip(res.predictions[:-1], res.used, strict=True):
+        per_window[w] = schemas.prediction(outputs, row)
+    doc = window_doc(res) | {
+        "predictions": per_window,
         "aggregate": schemas.prediction(outputs, res.predictions[-1]),
-        "quality": schemas.quality_rows(res.quality),
     }
     return json_response(doc, res.model)
