@@ -2,13 +2,26 @@
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 
 import numpy as np
 
 from pulsefm.preprocess import PreprocessSpec, filter_and_resample, match_channels, segment, zscore
 from pulsefm.quality import Quality, check_segment
-from pulsefm.records import Record
+from pulsefm.records import Record, RecordError
+
+# channel names that say which signal a column holds (lower case, matched as substrings)
+CHANNEL_HINTS = {
+    "ecg": ("ecg", "ekg", "lead", "mlii"),
+    "ppg": ("ppg", "bvp", "pleth", "green", "red", "infrared", "ir", "channel"),
+}
+
+
+def _says(name: str, hints: tuple[str, ...]) -> bool:
+    """Whether a channel name holds a hint: as a word ('ir', 'red'), or inside one for long hints."""
+    words = [w for w in re.split(r"[^a-z0-9]+", name.lower()) if w]
+    return any(w == h or (len(h) >= 4 and h in w) for w in words for h in hints)
 
 
 @dataclass(frozen=True)
@@ -60,3 +73,28 @@ def process_array(
 
 def process_record(rec: Record, spec: PreprocessSpec, overlap: float = 0.0, check: bool = True) -> Segments:
     return process_array(rec.signal, rec.fs, spec, overlap, check)
+
+
+def channels_for(rec: Record, spec: PreprocessSpec, channels: str | list[str] | None = None) -> Record:
+    """The record's channels the model takes: `channels` (names or indices, a list or "a,b") if
+    given; else all of them if they fit (ECG 1, PPG 1-4); else those whose names say the modality
+    (ECG: 'ecg', 'lead', 'mlii'...; PPG: 'ppg', 'bvp', 'pleth', 'green', 'red', 'ir'...)."""
+    if isinstance(channels, str):
+        channels = [c.strip() for c in channels.split(",") if c.strip()]
+    if channels:
+        rec = rec.select(list(channels))
+    elif rec.n_channels > spec.channels:
+        hints = CHANNEL_HINTS[str(spec.modality)]
+        named = [c for c in rec.channel_names if _says(c, hints)]
+        if not 1 <= len(named) <= spec.channels:
+            raise RecordError(
+                rec.recording_id,
+                f"{rec.n_channels} channels {list(rec.channel_names)}; {spec.modality} takes 1 to "
+                f"{spec.channels}: choose with channels= (CLI: --channels)",
+            )
+        rec = rec.select(named)
+    if rec.n_channels > spec.channels:
+        raise RecordError(
+            rec.recording_id, f"{rec.n_channels} channels chosen; {spec.modality} takes 1 to {spec.channels}"
+        )
+    return rec

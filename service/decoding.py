@@ -42,6 +42,7 @@ class Limits:
     min_fs: float = 16.0
     max_fs: float = 4096.0
     duration_tolerance: float = 0.02
+    max_decoded_bytes: int = 512 * 1024 * 1024  # an uploaded file unpacked
 
 
 @dataclass
@@ -262,11 +263,23 @@ def to_windows(
     return cut(arr, x32, fs, spec, parse_stride(stride, spec), limits.duration_tolerance, limits.max_windows)
 
 
-def parse_batch(body: bytes, ctype: str, shape: str | None, query: dict[str, str], limits: Limits) -> Batch:
-    """Decode + validate one request body (JSON, .npy or raw float32) into checked windows."""
+def parse_batch(
+    body: bytes, content_type: str, shape: str | None, query: dict[str, str], limits: Limits
+) -> Batch:
+    """Decode + validate one request body (JSON, .npy, raw float32 or a multipart file upload) into
+    checked windows. `content_type` is the header as sent (multipart needs its boundary)."""
+    ctype = content_type.split(";")[0].strip().lower()
     if ctype in (NPY, RAW):
         arr = decode_npy(body) if ctype == NPY else decode_raw(body, shape)
         return from_array(arr, query, limits)
+    if ctype == MULTIPART:
+        from service.uploads import parse_form, read_upload
+
+        up = parse_form(body, content_type)
+        modality = parse_modality(up.fields.get("modality"))
+        signal, fs = read_upload(up, spec_for(modality), limits.max_decoded_bytes)
+        fields = {k: v for k, v in up.fields.items() if k not in ("fs", "channels")}
+        return from_array(signal, fields | {"fs": repr(fs)}, limits)
     if ctype == JSON:
         doc, arr = decode_json(body)
         modality = parse_modality(doc.modality)

@@ -78,7 +78,7 @@ class Pipeline:
     def __init__(self, state: State, endpoint: str) -> None:
         self.state, self.endpoint = state, endpoint
         s = state.settings
-        self.limits = Limits(s.max_windows, s.min_fs, s.max_fs, s.duration_tolerance)
+        self.limits = Limits(s.max_windows, s.min_fs, s.max_fs, s.duration_tolerance, s.max_decoded_bytes)
         self.chunk = max(1, s.max_segments)
 
     async def run(self, body: Body, with_probes: bool = False) -> Result:

@@ -139,6 +139,31 @@ REQUEST_BODY: dict[str, Any] = {
                 "schema": {"type": "string", "format": "binary"},
                 "description": "raw little-endian float32 with an X-Shape: n,channels,samples header",
             },
+            "multipart/form-data": {
+                "schema": {
+                    "type": "object",
+                    "required": ["file", "modality"],
+                    "properties": {
+                        "file": {
+                            "type": "string",
+                            "format": "binary",
+                            "description": (
+                                "one recording: CSV/TSV/TXT, EDF/BDF, WFDB (.zip of .hea + .dat), HDF5, "
+                                "Parquet, .npy/.npz, Apple Health ECG CSV, Empatica E4 CSV, OpenSignals "
+                                "text/HDF5, Polar Sensor Logger text"
+                            ),
+                        },
+                        "modality": {"type": "string", "enum": ["ppg", "ecg"]},
+                        "fs": {"type": "number", "description": "Hz, where the file does not say"},
+                        "channels": {"type": "string", "description": "names or indices, comma-separated"},
+                        "stride_s": {"type": "number"},
+                        "dataset": {"type": "string", "description": "HDF5 / .npz array to read"},
+                        "model_version": {"type": "integer"},
+                        "quality": {"type": "string", "enum": ["basic", "full"]},
+                    },
+                },
+                "description": "a recording file upload (curl -F file=@rec.csv -F modality=ecg)",
+            },
         },
     },
     "parameters": [

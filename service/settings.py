@@ -57,6 +57,10 @@ class Settings(BaseSettings):
         64, description="windows of one request admitted at once (a longer recording goes in steps)"
     )
     max_windows: int = Field(4096, description="windows per request (a recording is cut server-side)")
+    max_decoded_bytes: int = Field(
+        512 * 1024 * 1024,
+        description="an uploaded file may not unpack (.zip, .npz, .h5, .parquet) beyond this",
+    )
     max_body_bytes: int = Field(64 * 1024 * 1024, description="larger bodies get 413")
     max_body_bytes_in_flight: int = Field(
         256 * 1024 * 1024,

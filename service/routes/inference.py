@@ -54,7 +54,7 @@ async def until_disconnect(request: Request, work: Coroutine[Any, Any, T]) -> T:
 async def read_body(request: Request) -> Body:
     """The body (its size and arrival time are bounded by the front door, service/asgi.py)."""
     data = await request.body()
-    ctype = request.headers.get("content-type", JSON).split(";")[0].strip().lower()
+    ctype = request.headers.get("content-type", JSON)
     return Body(data, ctype, request.headers.get("x-shape"), dict(request.query_params))
 
 
