@@ -187,3 +187,38 @@ def test_two_channel_ppg_is_served(client) -> None:
     r = client.post("/v1/predict", json={"modality": "ppg", "fs": 64, "segments": x.tolist()})
     assert r.status_code == 200, r.text
     assert json.loads(r.text)["windows_used"] == 1
+
+
+def test_client_recording_calls_give_per_window_results(tmp_path) -> None:
+    """PulseClient.embed_recording / predict_recording over a real socket: a file upload and an
+    array (.npy body), per-window quality flags on both, sync and async."""
+    import asyncio
+
+    from service.client import AsyncPulseClient, PulseClient
+    from tests.gateway_helpers import ServerThread
+
+    repo = build_repo(tmp_path)
+    x = REC.astype(np.float64)
+    x[0, 4000:4100] = np.nan  # window 1 unusable
+    csv = tmp_path / "rec.csv"
+    csv.write_text("time,ecg\n" + "\n".join(f"{i / 128:.6f},{v}" for i, v in enumerate(x[0])))
+    with ServerThread(create_app(Settings(repo=repo))) as server:
+        with PulseClient(server.url) as c:
+            from_file = c.embed_recording(csv, modality="ecg", quality="full")
+            from_array = c.embed_recording(x[0], modality="ecg", fs=128)
+            pred = c.predict_recording(csv, modality="ecg", stride_s=15)
+
+        async def run():
+            async with AsyncPulseClient(server.url) as ac:
+                return await ac.embed_recording(x[0], modality="ecg", fs=128)
+
+        from_async = asyncio.run(run())
+    for res in (from_file, from_array, from_async):
+        assert res.usable.tolist() == [True, False, True] and res.windows_used == 2
+        assert res.windows[1]["reasons"] == ["nonfinite"]
+        assert np.isnan(res.embeddings[1]).all() and np.isfinite(res.embeddings[[0, 2]]).all()
+    assert from_file.windows[0]["heart_rate_bpm"] is not None  # quality=full on the upload
+    np.testing.assert_allclose(from_file.embeddings[[0, 2]], from_array.embeddings[[0, 2]], atol=1e-4)
+    assert pred.stride_s == 15 and len(pred.windows) == 5 and pred.predictions is not None
+    assert [p is None for p in pred.predictions] == [not u for u in pred.usable]
+    assert pred.aggregate and all("value" in o and "units" in o for o in pred.aggregate.values())
