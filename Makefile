@@ -44,15 +44,15 @@ pretrain: install
 ## the shipped model's SYNTHETIC cohorts, with real NSTDB noise: 400 participants to pretrain on,
 ## 400 others (a different seed) to probe on
 $(STORE)/store.json: | install
-	$(BIN)/pulse-fm prepare --synthetic 400 --seed 0 --recordings 3 --noise-bank nstdb --out $(STORE)
+	$(BIN)/pulse-fm prepare --synthetic 400 --seed 0 --recordings-per-participant 3 --noise-bank nstdb --out $(STORE)
 $(EVAL)/store.json: | install
-	$(BIN)/pulse-fm prepare --synthetic 400 --seed 1 --recordings 2 --noise-bank nstdb --out $(EVAL)
+	$(BIN)/pulse-fm prepare --synthetic 400 --seed 1 --recordings-per-participant 2 --noise-bank nstdb --out $(EVAL)
 ## two more SYNTHETIC cohorts: one to choose between variants on (seed 2), and a larger one to
 ## test the chosen models on (seed 3; 300 test participants instead of 120)
 $(SELECT)/store.json: | install
-	$(BIN)/pulse-fm prepare --synthetic 300 --seed 2 --recordings 2 --noise-bank nstdb --out $(SELECT)
+	$(BIN)/pulse-fm prepare --synthetic 300 --seed 2 --recordings-per-participant 2 --noise-bank nstdb --out $(SELECT)
 $(TEST)/store.json: | install
-	$(BIN)/pulse-fm prepare --synthetic 1000 --seed 3 --recordings 2 --noise-bank nstdb --out $(TEST)
+	$(BIN)/pulse-fm prepare --synthetic 1000 --seed 3 --recordings-per-participant 2 --noise-bank nstdb --out $(TEST)
 $(PPG_RUN)/encoder.pt: $(STORE)/store.json
 	$(BIN)/pulse-fm train --preset tiny --store $(STORE) --out $(PPG_RUN) --steps $(STEPS) \
 	    --set lr_step_intervals=10 --set augment=$(PPG_AUGMENT)

@@ -105,7 +105,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             [
                 "--synthetic",
                 "16",
-                "--recordings",
+                "--recordings-per-participant",
                 "2",
                 "--ppg-seconds",
                 "300",

@@ -2,9 +2,25 @@
 
 from __future__ import annotations
 
+import argparse
 import importlib
 import sys
 from collections.abc import Sequence
+
+
+class HelpFormatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpFormatter):
+    """Every sub-command's help: the module docstring as written, and each option's default."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        if (
+            "%(default)" in text
+            or action.required
+            or any(action.default is v for v in (None, False, argparse.SUPPRESS))
+        ):
+            return text
+        return f"{text} (default: %(default)s)".strip()
+
 
 # sub-command -> (module with main(argv), one-line help). Modules are imported lazily so that
 # `pulse-fm serve` does not import torch and `pulse-fm train` does not import the web stack.

@@ -90,9 +90,10 @@ def resample(x: np.ndarray, fs_in: float, fs_out: float) -> np.ndarray:
 
 
 def segment(x: np.ndarray, window: int, overlap: float = 0.0) -> np.ndarray:
-    """(channels, samples) -> (n_segments, channels, window); the incomplete tail is dropped."""
-    if not 0.0 <= overlap < 1.0:
-        raise ValueError(f"overlap must be in [0, 1), got {overlap}")
+    """(channels, samples) -> (n_segments, channels, window); the incomplete tail is dropped.
+    A negative overlap leaves gaps (a stride longer than the window)."""
+    if not overlap < 1.0:
+        raise ValueError(f"overlap must be below 1, got {overlap}")
     hop = max(1, round(window * (1.0 - overlap)))
     if x.shape[-1] < window:
         return np.empty((0, x.shape[0], window), dtype=x.dtype)

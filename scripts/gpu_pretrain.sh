@@ -22,7 +22,7 @@ export PYTHONPATH=/tmp/site:$PWD
 python3 -c "import torch; print('torch', torch.__version__, torch.cuda.is_available() and torch.cuda.get_device_name())"
 
 log "prepare (seed 0, $PARTICIPANTS participants)"
-python3 -m pulsefm.cli prepare --synthetic "$PARTICIPANTS" --seed 0 --recordings 3 --noise-bank nstdb \
+python3 -m pulsefm.cli prepare --synthetic "$PARTICIPANTS" --seed 0 --recordings-per-participant 3 --noise-bank nstdb \
     --out "$STORE" --workers "$(nproc)" 2>&1 | tail -n 3
 python3 scripts/store_digest.py "$STORE" | tee "$OUT/store-digest.txt"
 

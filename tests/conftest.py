@@ -39,7 +39,7 @@ def small_store(tmp_path_factory):
         [
             "--synthetic",
             "12",
-            "--recordings",
+            "--recordings-per-participant",
             "2",
             "--ppg-seconds",
             "185",

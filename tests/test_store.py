@@ -13,7 +13,7 @@ from training.store import SegmentStore, split_participants
 SMALL = [
     "--synthetic",
     "5",
-    "--recordings",
+    "--recordings-per-participant",
     "2",
     "--ppg-seconds",
     "65",

@@ -23,6 +23,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from pulsefm.cli import HelpFormatter
 from training.config import PRESETS, TrainConfig
 from training.embed import embed_store, embedding_matrix, load_encoder
 from training.evaluate import effective_rank, result_row
@@ -63,9 +64,7 @@ def run_variant(
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
-        prog="pulse-fm ablate", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    p = argparse.ArgumentParser(prog="pulse-fm ablate", description=__doc__, formatter_class=HelpFormatter)
     p.add_argument("--store", required=True, help="pretraining store")
     p.add_argument("--eval-store", required=True, help="store of participants unseen in pretraining")
     p.add_argument("--out", required=True)

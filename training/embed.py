@@ -1,9 +1,15 @@
 """`pulse-fm embed`: frozen encoder (encoder.pt or model.onnx) -> Parquet of embeddings per segment.
 
+    pulse-fm embed --model model_repository/ecg_encoder/1/model.onnx \\
+        --recordings pulsefm/examples/ecg --out emb/example.parquet     # runs as is, from the repo
+    pulse-fm embed --model model_repository/ppg_encoder/2/model.onnx --recordings my_ppg/ \\
+        --fs 100 --channels green,ir --stride 30 --out emb/mine.parquet
     pulse-fm embed --model runs/tiny/encoder.pt --store stores/syneval --out emb/tiny.parquet
-    pulse-fm embed --model model_repository/ppg_encoder/1/model.onnx --recordings my_ppg/ \\
-        --modality ppg --out emb/mine.parquet
     pulse-fm embed ... --aggregate participant     # one row per participant (mean of segments)
+    pulse-fm embed ... --random-init 0             # baseline: same architecture, random weights
+
+Each file gets a line in the summary table: read error, "rate unknown: pass --fs", shorter than
+one window, or how many segments were kept and why the others were not.
 
 One row per segment: the store's manifest columns (participant_id, recording_id, segment,
 start_s, heart_rate_bpm, sqi, ...) plus ``embedding`` (a list of 256 floats). Recordings are
@@ -18,7 +24,7 @@ import hashlib
 import json
 import sys
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +32,7 @@ import numpy as np
 import pandas as pd
 from tqdm import tqdm
 
+from pulsefm.cli import HelpFormatter
 from pulsefm.pipeline import process_record
 from pulsefm.preprocess import spec_for
 from pulsefm.records import RecordError
@@ -170,14 +177,35 @@ def onnx_encoder(path: Path) -> Encoder:
     )
 
 
+def architecture_from_card(onnx_path: Path) -> dict[str, Any]:
+    """What a random-init baseline needs from a published model.onnx: the architecture, modality and
+    preprocessing, from the card.json beside it (no weights)."""
+    card_path = onnx_path.parent / "card.json"
+    try:
+        card = json.loads(card_path.read_text())
+        encoder = card["train_config"]["encoder"]
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise ValueError(
+            f"{onnx_path}: --random-init needs the card.json that publish writes beside model.onnx "
+            f"(with train_config.encoder), or an encoder.pt ({type(exc).__name__}: {exc})"
+        ) from None
+    return {
+        "encoder_config": encoder,
+        "modality": card["modality"],
+        "preprocess": {"version": card["preprocess_version"]},
+        "store": {"source": card.get("training_data", "")},
+    }
+
+
 def load_encoder(path: str | Path, random_init_seed: int | None = None) -> Encoder:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no such model file")
     if path.suffix == ".onnx":
         if random_init_seed is not None:
-            raise ValueError("--random-init needs an encoder.pt (the architecture comes from it)")
-        enc = onnx_encoder(path)
+            enc = torch_encoder(architecture_from_card(path), file_digest(path), random_init_seed)
+        else:
+            enc = onnx_encoder(path)
     else:
         enc = torch_encoder(load_artifact(path), file_digest(path), random_init_seed)
     enc.path = str(path)
@@ -230,23 +258,71 @@ def embed_store(store_path: str | Path, encoder: Encoder, batch_size: int = 64) 
     return with_embeddings(store.manifest.iloc[rows].drop(columns=["shard", "row"]), emb)
 
 
+@dataclass
+class FileReport:
+    """What happened to one recording file: the line of `pulse-fm embed`'s summary table."""
+
+    file: str
+    status: str  # ok | read_error | rate_unknown | channels | too_short | no_usable_segment | other_modality
+    detail: str = ""
+    duration_s: float | None = None
+    fs: float | None = None
+    segments: int = 0
+    kept: int = 0
+    rejected: dict[str, int] = field(default_factory=dict)  # quality reason -> segments
+
+
+def _failed(path: Path, exc: Exception) -> FileReport:
+    problem = exc.problem if isinstance(exc, RecordError) else str(exc)
+    if "sampling rate unknown" in problem:
+        return FileReport(str(path), "rate_unknown", "sampling rate unknown: pass --fs")
+    if "channel" in problem:
+        return FileReport(str(path), "channels", f"{problem}")
+    return FileReport(str(path), "read_error", problem)
+
+
 def segment_recordings(
-    paths: Sequence[Path], modality: str, overlap: float = 0.0, fs: float | None = None
-) -> tuple[pd.DataFrame, np.ndarray, pd.DataFrame]:
-    """Recording files -> (kept-segment table, their segments, rejects table with reasons)."""
+    paths: Sequence[Path],
+    modality: str,
+    stride_s: float | None = None,
+    fs: float | None = None,
+    channels: str | None = None,
+    dataset: str | None = None,
+) -> tuple[pd.DataFrame, np.ndarray, pd.DataFrame, list[FileReport]]:
+    """Recording files -> (kept-segment table, their segments, rejects table, one report per file)."""
     from pulsefm.io import read_record
+    from pulsefm.pipeline import channels_for
 
     spec = spec_for(modality)
+    overlap = 0.0 if stride_s is None else 1.0 - stride_s / spec.duration_s
     kept: list[dict[str, Any]] = []
     arrays: list[np.ndarray] = []
     rejected: list[dict[str, Any]] = []
+    reports: list[FileReport] = []
+    overrides = {k: v for k, v in (("fs", fs), ("dataset", dataset)) if v}
     for path in tqdm(paths, desc="preprocess", unit="file", disable=None):
         try:
-            rec = read_record(path, **({"fs": fs} if fs else {}))
+            rec = read_record(path, **overrides)
+            if rec.modality is not None and rec.modality != spec.modality:
+                detail = f"a {rec.modality} recording (its sidecar says); the model takes {spec.modality}"
+                reports.append(
+                    FileReport(str(path), "other_modality", detail, round(rec.duration_s, 2), rec.fs)
+                )
+                continue
+            rec = channels_for(rec, spec, channels)
+            report = FileReport(str(path), "ok", duration_s=round(rec.duration_s, 2), fs=rec.fs)
+            if rec.duration_s < spec.duration_s:
+                report.status = "too_short"
+                report.detail = f"{report.duration_s:.1f} s, shorter than one {spec.duration_s:g} s window"
+                reports.append(report)
+                rejected.append({"recording_id": str(path), "segment": -1, "reasons": report.detail})
+                continue
             segs = process_record(rec, spec, overlap)
         except (RecordError, ValueError) as exc:
-            rejected.append({"recording_id": str(path), "segment": -1, "reasons": str(exc)})
+            reports.append(_failed(path, exc))
+            rejected.append({"recording_id": str(path), "segment": -1, "reasons": reports[-1].detail})
             continue
+        report.segments = len(segs)
         for k, (q, t0) in enumerate(zip(segs.quality, segs.start_s, strict=True)):
             row: dict[str, Any] = {
                 "participant_id": rec.participant_id or path.parent.name,
@@ -256,10 +332,42 @@ def segment_recordings(
             if q.ok:
                 kept.append(row)
                 arrays.append(segs.data[k])
+                report.kept += 1
             else:
                 rejected.append({**row, "reasons": ",".join(q.reasons)})
+                for reason in q.reasons:
+                    report.rejected[reason] = report.rejected.get(reason, 0) + 1
+        if not report.kept:
+            report.status = "no_usable_segment"
+            report.detail = "every segment failed the quality checks"
+        reports.append(report)
     data = np.stack(arrays) if arrays else np.empty((0, spec.channels, spec.window), np.float32)
-    return pd.DataFrame(kept), data, pd.DataFrame(rejected)
+    return pd.DataFrame(kept), data, pd.DataFrame(rejected), reports
+
+
+def summary_table(reports: Sequence[FileReport]) -> str:
+    """One line per file: status, length, rate, segments kept / cut, and why the others were not."""
+    rows = [("file", "status", "seconds", "Hz", "kept/segments", "why")]
+    for r in reports:
+        why = r.detail or ", ".join(f"{k} x{v}" for k, v in sorted(r.rejected.items()))
+        if r.detail and r.rejected:
+            why += " (" + ", ".join(f"{k} x{v}" for k, v in sorted(r.rejected.items())) + ")"
+        elif r.rejected and r.status == "ok":
+            why = "rejected: " + why
+        rows.append(
+            (
+                Path(r.file).name,
+                r.status,
+                "" if r.duration_s is None else f"{r.duration_s:.1f}",
+                "" if r.fs is None else f"{r.fs:g}",
+                f"{r.kept}/{r.segments}",
+                why,
+            )
+        )
+    widths = [max(len(row[i]) for row in rows) for i in range(5)]
+    return "\n".join(
+        "  ".join(c.ljust(w) for c, w in zip(row[:5], widths, strict=True)) + "  " + row[5] for row in rows
+    )
 
 
 def aggregate(df: pd.DataFrame, by: str = "participant_id") -> pd.DataFrame:
@@ -284,24 +392,46 @@ def write_embeddings(df: pd.DataFrame, out: Path, meta: dict[str, Any]) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
-        prog="pulse-fm embed", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    p = argparse.ArgumentParser(prog="pulse-fm embed", description=__doc__, formatter_class=HelpFormatter)
     p.add_argument(
         "--model", required=True, help="encoder.pt from `pulse-fm train` or an exported model.onnx"
     )
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--store", help="segment store from `pulse-fm prepare`")
-    src.add_argument("--recordings", help="folder of recordings (any format pulse-fm reads)")
-    p.add_argument("--out", required=True, help="Parquet file to write (a .json with provenance beside it)")
-    p.add_argument("--aggregate", choices=["segment", "participant", "recording"], default="segment")
-    p.add_argument("--batch-size", type=int, default=64)
-    p.add_argument("--overlap", type=float, default=0.0, help="segment overlap for --recordings")
-    p.add_argument("--fs", type=float, help="sampling rate of every file in --recordings (else from files)")
+    src.add_argument("--recordings", help="a recording file, or a folder of them (any format pulse-fm reads)")
+    p.add_argument("--out", required=True, help="Parquet file to write (its folder is created)")
     p.add_argument(
-        "--random-init", type=int, metavar="SEED", help="baseline: same architecture, random weights"
+        "--aggregate",
+        choices=["segment", "participant", "recording"],
+        default="segment",
+        help="one row per segment, or the mean embedding per participant / recording",
+    )
+    p.add_argument("--batch-size", type=int, default=64, help="segments per forward pass")
+    p.add_argument(
+        "--stride", type=float, metavar="SECONDS", help="seconds between segment starts (default: one window)"
+    )
+    p.add_argument("--overlap", type=float, default=0.0, help=argparse.SUPPRESS)  # old name: use --stride
+    p.add_argument("--fs", type=float, help="sampling rate (Hz) of files that do not say it")
+    p.add_argument(
+        "--channels", help="channels to use, by name or index, comma-separated (default: by the modality)"
+    )
+    p.add_argument("--dataset", help="HDF5 / .npz array to read in files holding several")
+    p.add_argument(
+        "--random-init",
+        type=int,
+        metavar="SEED",
+        help="baseline: the same architecture with random weights (from encoder.pt or model.onnx's card)",
     )
     return p
+
+
+def recording_files(target: str) -> list[Path]:
+    from pulsefm.io import find_recordings
+
+    path = Path(target)
+    if path.is_file():
+        return [path]
+    return list(find_recordings(path))
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -312,6 +442,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
     meta: dict[str, Any] = {
         "model": str(args.model),
         "encoder_version": encoder.version,
@@ -323,21 +454,38 @@ def main(argv: Sequence[str] | None = None) -> int:
         df = embed_store(args.store, encoder, args.batch_size)
         meta["store"] = str(args.store)
     else:
-        from pulsefm.io import find_recordings
+        try:
+            files = recording_files(args.recordings)
+        except RecordError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
+        if not files:
+            from pulsefm.io import SUFFIXES
 
-        files = list(find_recordings(args.recordings))
-        table, data, rejects = segment_recordings(files, encoder.modality, args.overlap, args.fs)
+            print(
+                f"error: {args.recordings}: no recording files ({', '.join(SUFFIXES)})",
+                file=sys.stderr,
+            )
+            return 2
+        stride = args.stride
+        if stride is None and args.overlap:
+            stride = spec_for(encoder.modality).duration_s * (1.0 - args.overlap)
+        table, data, rejects, reports = segment_recordings(
+            files, encoder.modality, stride, args.fs, args.channels, args.dataset
+        )
+        print(summary_table(reports))
         if not rejects.empty:
             rejects.to_csv(out.with_suffix(".rejects.csv"), index=False)
             print(f"{len(rejects)} segment(s)/file(s) rejected: see {out.with_suffix('.rejects.csv')}")
         if table.empty:
-            print("error: no segment passed the quality checks", file=sys.stderr)
+            print("error: no usable segment in any file (the table above says why for each)", file=sys.stderr)
             return 1
         if encoder.calibrate is not None:
             encoder.calibrate(data[:CALIBRATION_SEGMENTS])
         emb = embed_batches(encoder, len(table), lambda i: data[i], args.batch_size)
         df = with_embeddings(table, emb)
         meta["recordings"] = str(args.recordings)
+        meta["files"] = [asdict(r) for r in reports]
     if args.aggregate != "segment":
         df = aggregate(df, f"{args.aggregate}_id")
     write_embeddings(df, out, meta)

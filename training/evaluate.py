@@ -32,6 +32,7 @@ import numpy as np
 import pandas as pd
 
 from pulsefm import contract as C
+from pulsefm.cli import HelpFormatter
 from pulsefm.preprocess import spec_for
 from training.baselines import hrv_matrix, true_params
 from training.embed import (
@@ -304,16 +305,14 @@ def markdown_table(results: list[dict[str, Any]]) -> str:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
-        prog="pulse-fm evaluate", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    p = argparse.ArgumentParser(prog="pulse-fm evaluate", description=__doc__, formatter_class=HelpFormatter)
     p.add_argument("--encoder", action="append", required=True, help="encoder.pt (repeat: one per modality)")
     p.add_argument("--store", required=True, help="evaluation store (participants unseen in pretraining)")
-    p.add_argument("--out", required=True)
+    p.add_argument("--out", required=True, help="report folder (report.html, results.json, plots)")
     p.add_argument("--ablations", help="ablations.json from `pulse-fm ablate` to include in the report")
-    p.add_argument("--test-fraction", type=float, default=0.3)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--bootstrap", type=int, default=1000)
+    p.add_argument("--test-fraction", type=float, default=0.3, help="participants held out for the probes")
+    p.add_argument("--seed", type=int, default=0, help="split and bootstrap seed")
+    p.add_argument("--bootstrap", type=int, default=1000, help="bootstrap resamples for the 95%% CIs")
     p.add_argument("--no-real", action="store_true", help="skip the real-recording checks")
     return p
 

@@ -32,6 +32,7 @@ from typing import Any
 import numpy as np
 
 from pulsefm import contract as C
+from pulsefm.cli import HelpFormatter
 from pulsefm.preprocess import spec_for
 from pulsefm.records import Modality
 from training.embed import encoder_net, file_digest, file_sha256, load_artifact
@@ -364,9 +365,7 @@ def build_probes(
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
-        prog="pulse-fm export", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    p = argparse.ArgumentParser(prog="pulse-fm export", description=__doc__, formatter_class=HelpFormatter)
     p.add_argument("--encoder", required=True, help="encoder.pt from `pulse-fm train`")
     p.add_argument("--probes", help="probes_<modality>.json from `pulse-fm evaluate` (or probes.json)")
     p.add_argument("--out", required=True, help="folder; gets <modality>_encoder/ and <modality>_probes/")

@@ -3,8 +3,8 @@
 Parallel over chunks of files (or participants); resumable: rerun the same command and
 finished chunks are skipped.
 
-    pulse-fm prepare recordings/ --out stores/mine --modality ppg
-    pulse-fm prepare --synthetic 200 --out stores/syn200 --seed 0
+    pulse-fm prepare --recordings my_ppg/ --out stores/mine --modality ppg   # or: prepare my_ppg/ ...
+    pulse-fm prepare --synthetic 200 --out stores/syn200 --seed 0 --recordings-per-participant 2
 """
 
 from __future__ import annotations
@@ -24,6 +24,7 @@ from typing import Any
 import pandas as pd
 from tqdm import tqdm
 
+from pulsefm.cli import HelpFormatter
 from pulsefm.datasets import fetch
 from pulsefm.io import find_recordings, read_record
 from pulsefm.preprocess import SPECS
@@ -144,9 +145,10 @@ def prepare(args: argparse.Namespace) -> SegmentStore:
             idx = list(range(start, min(start + args.chunk, cfg.n_participants)))
             jobs.append((c, _synthetic_chunk, (str(out), c, idx, cfg, args.overlap)))
     else:
-        if not args.input:
-            raise SystemExit("error: give an input folder, or --synthetic N")
-        root = Path(args.input).resolve()
+        folder = args.input or args.recordings_folder
+        if not folder:
+            raise SystemExit("error: give an input folder (or --recordings FOLDER), or --synthetic N")
+        root = Path(folder).resolve()
         try:
             files = [str(p) for p in find_recordings(root)]
         except RecordError as exc:
@@ -207,18 +209,25 @@ def prepare(args: argparse.Namespace) -> SegmentStore:
 
 def build_parser(p: argparse.ArgumentParser | None = None) -> argparse.ArgumentParser:
     p = p or argparse.ArgumentParser(
-        prog="pulse-fm prepare", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+        prog="pulse-fm prepare", description=__doc__, formatter_class=HelpFormatter
     )
     p.add_argument("input", nargs="?", help="folder of recordings (ROOT/<participant>/<file> or ROOT/<file>)")
+    p.add_argument("--recordings", dest="recordings_folder", metavar="FOLDER", help="the same as INPUT")
     p.add_argument("--out", required=True, help="store folder to create (or resume)")
     p.add_argument("--synthetic", type=int, metavar="N", help="generate a SYNTHETIC cohort of N participants")
     p.add_argument("--seed", type=int, default=0, help="synthetic cohort seed")
     p.add_argument(
-        "--recordings", type=int, default=4, help="synthetic recordings per participant and modality"
+        "--recordings-per-participant",
+        type=int,
+        default=4,
+        dest="recordings",
+        help="synthetic recordings per participant and modality",
     )
     p.add_argument("--ppg-seconds", type=float, default=180.0, help="synthetic PPG recording length")
     p.add_argument("--ecg-seconds", type=float, default=120.0, help="synthetic ECG recording length")
-    p.add_argument("--modalities", nargs="+", default=["ppg", "ecg"], choices=["ppg", "ecg"])
+    p.add_argument(
+        "--modalities", nargs="+", default=["ppg", "ecg"], choices=["ppg", "ecg"], help="synthetic modalities"
+    )
     p.add_argument(
         "--noise-bank",
         default=None,

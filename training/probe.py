@@ -33,6 +33,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from pulsefm.cli import HelpFormatter
 from training.embed import aggregate, embedding_matrix
 
 REGRESSION, CLASSIFICATION = "regression", "classification"
@@ -314,12 +315,10 @@ def format_metric(r: ProbeResult) -> str:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
-        prog="pulse-fm probe", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    p = argparse.ArgumentParser(prog="pulse-fm probe", description=__doc__, formatter_class=HelpFormatter)
     p.add_argument("--embeddings", required=True, help="segment-level Parquet from `pulse-fm embed --store`")
     p.add_argument("--out", required=True, help="folder for probes.json and predictions.parquet")
-    p.add_argument("--targets", nargs="+", default=list(TARGETS), choices=list(TARGETS))
+    p.add_argument("--targets", nargs="+", default=list(TARGETS), choices=list(TARGETS), help="probes to fit")
     p.add_argument("--test-fraction", type=float, default=0.3, help="participants held out for testing")
     p.add_argument("--seed", type=int, default=0, help="split and bootstrap seed")
     p.add_argument("--bootstrap", type=int, default=1000, help="bootstrap resamples for the 95%% CIs")

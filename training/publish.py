@@ -40,6 +40,7 @@ from pathlib import Path
 from typing import Any
 
 from pulsefm import contract as C
+from pulsefm.cli import HelpFormatter
 from training.embed import load_artifact
 from training.export import build_encoder, build_probes, config_pbtxt
 from training.store import atomic_write
@@ -144,9 +145,7 @@ def publish(
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
-        prog="pulse-fm publish", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    p = argparse.ArgumentParser(prog="pulse-fm publish", description=__doc__, formatter_class=HelpFormatter)
     p.add_argument("--encoder", required=True, help="encoder.pt from `pulse-fm train`")
     p.add_argument("--probes", help="probes_<modality>.json from `pulse-fm evaluate`")
     p.add_argument("--repo", default="model_repository", help="model repository (default: %(default)s)")

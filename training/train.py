@@ -32,6 +32,7 @@ from torch import nn
 from tqdm import tqdm
 
 from pulsefm import contract as C
+from pulsefm.cli import HelpFormatter
 from pulsefm.preprocess import spec_for
 from training.augment import AUGMENT_PRESETS, Compose
 from training.config import PRESETS, TrainConfig, apply_overrides
@@ -439,10 +440,8 @@ def read_metrics(out: str | Path) -> list[dict[str, Any]]:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
-        prog="pulse-fm train", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    p.add_argument("--preset", choices=sorted(PRESETS), default="tiny")
+    p = argparse.ArgumentParser(prog="pulse-fm train", description=__doc__, formatter_class=HelpFormatter)
+    p.add_argument("--preset", choices=sorted(PRESETS), default="tiny", help="model size and schedule")
     p.add_argument("--store", required=True, help="segment store made by `pulse-fm prepare`")
     p.add_argument("--out", required=True, help="run folder (resumed if it holds ckpt.pt)")
     p.add_argument("--steps", type=int, help="total optimisation steps")
