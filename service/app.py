@@ -23,7 +23,7 @@ from service.asgi import Admission, Frontdoor
 from service.backends import Backend
 from service.cache import Cache
 from service.registry import Registry
-from service.routes import health, inference, models
+from service.routes import docs, health, inference, models
 from service.settings import Settings
 from service.state import State, make_backend, make_cache, reload_models, start, watch
 
@@ -72,13 +72,18 @@ def create_app(
         title="pulse-fm gateway",
         version=__version__,
         description=(
-            "Embeddings and probe predictions for wearable PPG and ECG segments. The shipped default model "
-            "was trained on a SYNTHETIC cohort: its predictions are demonstrations, not clinical output."
+            "Embeddings and probe predictions for wearable PPG and ECG recordings of any length (cut into "
+            "60 s / 30 s windows server-side; JSON, .npy, raw float32 or a recording file upload). The shipped "
+            "default model was trained on a SYNTHETIC cohort: its predictions are demonstrations, not "
+            "clinical output."
         ),
         lifespan=lifespan_for(settings, backend, cache),
+        docs_url=None,  # service/routes/docs.py: the same pages with local assets (offline)
+        redoc_url=None,
     )
     for router in (inference.router, models.router, health.router):
         app.include_router(router)
+    docs.mount(app)
     # one admission for the front door and the server's early refusals (service/server.py)
     app.state.admission = Admission(settings.max_inflight_requests, settings.max_body_bytes_in_flight)
     app.add_middleware(

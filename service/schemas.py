@@ -8,21 +8,19 @@ import numpy as np
 from pydantic import BaseModel, Field
 
 from service.pipeline import Quality
+from service.routes.docs import example_request
 from service.windows import Windows
 
 
 class EmbedRequest(BaseModel):
-    modality: str = Field(description='"ppg" (4 channels x 60 s) or "ecg" (1 lead x 30 s)', examples=["ecg"])
-    fs: float = Field(
-        description="sampling rate of the samples sent, Hz (16-4096; resampled)", examples=[128]
-    )
+    modality: str = Field(description='"ppg" (1-4 channels, 60 s windows) or "ecg" (1 lead, 30 s windows)')
+    fs: float = Field(description="sampling rate of the samples sent, Hz (16-4096; resampled)")
     segments: list[list[list[float]]] = Field(
         description=(
             "[recording][channel][sample]: recordings of any length >= one window (PPG 60 s, ECG 30 s), "
             "cut into windows server-side; PPG takes 1-4 channels (input i of the encoder gets "
             "channel i mod k)"
-        ),
-        examples=[[[[0.0] * 8]]],
+        )
     )
     model_version: int | None = Field(None, description="pin a served version (default: the latest)")
     quality: str = Field("basic", description='"basic" (raw checks) or "full" (+ heart rate and SQI, slower)')
@@ -128,7 +126,10 @@ REQUEST_BODY: dict[str, Any] = {
     "requestBody": {
         "required": True,
         "content": {
-            "application/json": {"schema": EmbedRequest.model_json_schema()},
+            "application/json": {
+                "schema": EmbedRequest.model_json_schema(),
+                "example": example_request(),  # 30 s of real ECG (service/routes/docs.py)
+            },
             "application/x-npy": {
                 "schema": {"type": "string", "format": "binary"},
                 "description": (
