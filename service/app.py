@@ -73,7 +73,8 @@ def create_app(
         version=__version__,
         description=(
             "Embeddings and probe predictions for wearable PPG and ECG recordings of any length (cut into "
-            "60 s / 30 s windows server-side; JSON, .npy, raw float32 or a recording file upload). The shipped "
+            "60 s / 30 s windows server-side; JSON, .npy, raw float32 or a recording file upload). The "
+            "shipped "
             "default model was trained on a SYNTHETIC cohort: its predictions are demonstrations, not "
             "clinical output."
         ),
