@@ -39,6 +39,7 @@ KEEP_LATEST = 2
 META_PREFIX = "pulsefm."
 MODEL_FILE = "model.onnx"
 CARD_FILE = "card.json"
+PLAUSIBILITY_FILE = "plausibility.json"  # beside the probes' model.onnx: ranges + OOD model
 CURVES_FILE = "curves.png"  # training curves: in a run folder, and copied beside model.onnx
 KINDS = ("encoder", "probes")
 

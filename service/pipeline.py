@@ -25,6 +25,7 @@ from typing import Any
 import numpy as np
 
 from pulsefm import contract as C
+from pulsefm.plausibility import OUT_OF_DISTRIBUTION
 from pulsefm.quality import FLAT_LINE
 from service.cache import cache_key, decode, encode
 from service.decoding import Batch, Limits, parse_batch
@@ -54,10 +55,11 @@ class Quality:
     heart_rate_bpm: list[float | None]
     sqi: list[float | None]
     cached: list[bool]
+    ood_score: list[float | None]  # distance to the probes' training embeddings (~1 = typical)
 
     @classmethod
     def empty(cls, n: int) -> Quality:
-        return cls([[] for _ in range(n)], [None] * n, [None] * n, [False] * n)
+        return cls([[] for _ in range(n)], [None] * n, [None] * n, [False] * n, [None] * n)
 
 
 @dataclass
@@ -95,6 +97,7 @@ class Pipeline:
             with self.state.admit(len(chunk)):
                 await self.embed_chunk(mv, batch, chunk, emb, quality)
         res = Result(mv, win, emb, quality, win.usable())
+        self.plausibility(res)
         if with_probes:
             await self.probes(res)
         self.count(res)
@@ -213,6 +216,19 @@ class Pipeline:
             res.used = res.windows.usable()
         STAGE_SECONDS.labels("probes", self.endpoint).observe(time.perf_counter() - t0)
         res.predictions = out
+
+    @staticmethod
+    def plausibility(res: Result) -> None:
+        """Each usable window's OOD score, flagged `out_of_distribution` above the version's
+        threshold (chosen on held-out data at export; pulsefm/plausibility.py)."""
+        plaus = res.model.plausibility
+        if plaus is None or not res.used:
+            return
+        scores = plaus.ood.score(res.embeddings[res.used])
+        for w, score in zip(res.used, scores, strict=True):
+            res.quality.ood_score[w] = round(float(score), 3)
+            if score > plaus.ood.threshold:
+                res.quality.flags[w] = [*res.quality.flags[w], OUT_OF_DISTRIBUTION]
 
     def count(self, res: Result) -> None:
         for problems in res.windows.problems.values():

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from pulsefm import contract as C
+from pulsefm.plausibility import Plausibility
 from pulsefm.preprocess import PreprocessSpec, spec_for
 from pulsefm.records import Modality
 from service.errors import UnknownModel
@@ -59,6 +60,7 @@ class ModelVersion:
     encoder_card: dict[str, Any]
     probes_dir: Path | None = None
     probes_card: dict[str, Any] | None = field(default=None)
+    plausibility: Plausibility | None = None  # training ranges + OOD model (plausibility.json)
 
     @property
     def spec(self) -> PreprocessSpec:
@@ -137,6 +139,30 @@ def _card(path: Path) -> dict[str, Any]:
     return card
 
 
+_PLAUSIBILITY_CACHE: dict[tuple[str, str], Plausibility] = {}
+
+
+def _plausibility(probes_dir: Path, card: dict[str, Any]) -> Plausibility | None:
+    """The probes' plausibility.json if the card names one, checked against the card's sha256."""
+    entry = card.get("plausibility")
+    if not isinstance(entry, dict):
+        return None
+    path = probes_dir / C.PLAUSIBILITY_FILE
+    try:
+        digest = file_sha256(path)
+    except OSError as exc:
+        raise BadVersion("plausibility", f"{path}: cannot read ({exc})") from None
+    if digest != entry.get("sha256"):
+        raise BadVersion("plausibility", f"{path}: sha256 {digest[:12]} is not the card's")
+    key = (str(path), digest)
+    if key not in _PLAUSIBILITY_CACHE:
+        try:
+            _PLAUSIBILITY_CACHE[key] = Plausibility.from_dict(json.loads(path.read_text()))
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            raise BadVersion("plausibility", f"{path}: unreadable ({exc})") from None
+    return _PLAUSIBILITY_CACHE[key]
+
+
 def scan_all(repo: Path) -> tuple[dict[str, dict[int, ModelVersion]], list[LoadFailure]]:
     """modality -> version -> ModelVersion for what the repository serves, and what it cannot."""
     out: dict[str, dict[int, ModelVersion]] = {}
@@ -156,6 +182,7 @@ def scan_all(repo: Path) -> tuple[dict[str, dict[int, ModelVersion]], list[LoadF
                 kind = "probes"
                 has_probes = v in probe_versions and (probe_dir / str(v) / C.CARD_FILE).is_file()
                 probes_card = _card(probe_dir / str(v)) if has_probes else None
+                plausibility = _plausibility(probe_dir / str(v), probes_card) if probes_card else None
             except BadVersion as exc:
                 failed.append(LoadFailure(str(modality), v, kind, exc.reason, str(exc)))
                 continue
@@ -166,6 +193,7 @@ def scan_all(repo: Path) -> tuple[dict[str, dict[int, ModelVersion]], list[LoadF
                 encoder_card=card,
                 probes_dir=probe_dir / str(v) if has_probes else None,
                 probes_card=probes_card,
+                plausibility=plausibility,
             )
     return out, failed
 

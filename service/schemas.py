@@ -7,6 +7,7 @@ from typing import Any
 import numpy as np
 from pydantic import BaseModel, Field
 
+from pulsefm.plausibility import OUT_OF_RANGE, Plausibility
 from service.pipeline import Quality
 from service.routes.docs import example_request
 from service.windows import Windows
@@ -45,10 +46,20 @@ class WindowQuality(BaseModel):
     reasons: list[str] = Field(
         description="why unusable: nonfinite, out_of_range, flat_line, clipping, non_finite_output"
     )
-    flags: list[str] = Field(description="soft quality flags: implausible_heart_rate, low_sqi")
+    flags: list[str] = Field(
+        description="soft flags: implausible_heart_rate, low_sqi (quality=full), out_of_distribution"
+    )
     heart_rate_bpm: float | None = None
     sqi: float | None = None
     cached: bool
+    ood_score: float | None = Field(
+        None,
+        description=(
+            "distance of the embedding from the probes' training embeddings (about 1 = typical); "
+            "above the version's threshold (/v1/models: probes.plausibility) the window is flagged "
+            "out_of_distribution"
+        ),
+    )
 
 
 class RecordingSummary(BaseModel):
@@ -73,7 +84,11 @@ class EmbedResponse(BaseModel):
 class Output(BaseModel):
     value: float
     units: str
-    kind: str = Field(description="regression, or classification (value is a probability)")
+    kind: str = Field(description="regression, or classification (value is a probability: sex = P(male))")
+    range: list[float] | None = Field(
+        None, description="regressions: the range of the probe's training labels"
+    )
+    flags: list[str] = Field(description="out_of_range: the value lies outside `range`")
 
 
 class PredictResponse(BaseModel):
@@ -200,6 +215,7 @@ def quality_rows(win: Windows, q: Quality) -> list[dict[str, Any]]:
                 "heart_rate_bpm": q.heart_rate_bpm[w],
                 "sqi": q.sqi[w],
                 "cached": q.cached[w],
+                "ood_score": q.ood_score[w],
             }
         )
     return rows
@@ -219,8 +235,20 @@ def recordings(win: Windows) -> list[dict[str, Any]]:
     ]
 
 
-def prediction(outputs: list[dict[str, Any]], row: np.ndarray) -> dict[str, dict[str, Any]]:
-    return {
-        o["target"]: {"value": round(float(v), 4), "units": o["units"], "kind": o["kind"]}
-        for o, v in zip(outputs, row, strict=True)
-    }
+def prediction(
+    outputs: list[dict[str, Any]], row: np.ndarray, plaus: Plausibility | None = None
+) -> dict[str, dict[str, Any]]:
+    ranges = plaus.ranges if plaus else {}
+    out = {}
+    for o, v in zip(outputs, row, strict=True):
+        lo_hi = ranges.get(o["target"])
+        value = round(float(v), 4)
+        flags = [OUT_OF_RANGE] if lo_hi and not lo_hi[0] <= value <= lo_hi[1] else []
+        out[o["target"]] = {
+            "value": value,
+            "units": o["units"],
+            "kind": o["kind"],
+            "range": list(lo_hi) if lo_hi else None,
+            "flags": flags,
+        }
+    return out

@@ -12,6 +12,7 @@ import pandas as pd
 import pytest
 import torch
 
+from pulsefm.plausibility import Plausibility
 from training.config import PRESETS
 from training.embed import aggregate, embed_store, embedding_matrix, load_encoder, with_embeddings
 from training.evaluate import effective_rank, retrieval_top1
@@ -197,6 +198,9 @@ def test_embed_and_probe_cli(small_store, tiny_encoder_pt, tmp_path) -> None:
     assert doc["encoder_version"] == meta["encoder_version"]
     for head in doc["probes"]:
         assert len(head["weights"]) == 256 and head["units"]
+    plaus = Plausibility.from_dict(doc["plausibility"])  # training ranges + OOD model, fitted beside them
+    assert set(plaus.ranges) == {h["target"] for h in doc["probes"] if h["kind"] == "regression"}
+    assert plaus.ood.threshold > 0 and plaus.ood.n_heldout > 0
     agg = tmp_path / "agg.parquet"
     argv = [
         "--model",
@@ -250,7 +254,8 @@ def test_evaluate_cli_reports_the_paired_verdict(small_store, tiny_encoder_pt, t
     page = (out / "report.html").read_text()
     assert "SYNTHETIC" in page and f"on <b>{wins} of {len(verdicts)}</b> targets" in page
     assert f"on {wins} of {len(verdicts)} targets" in (out / "results.md").read_text()
-    assert json.loads((out / "probes_ppg.json").read_text())["probes"]
+    heads = json.loads((out / "probes_ppg.json").read_text())
+    assert heads["probes"] and Plausibility.from_dict(heads["plausibility"]).ood.n_train > 0
 
 
 def test_random_init_baseline_of_a_published_onnx_comes_from_its_card(small_store, tiny_encoder_pt) -> None:

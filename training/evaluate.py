@@ -44,7 +44,14 @@ from training.embed import (
     load_encoder,
     torch_encoder,
 )
-from training.probe import TARGETS, ProbeResult, headline_metric, paired_improvement, run_probes
+from training.probe import (
+    TARGETS,
+    ProbeResult,
+    fit_plausibility,
+    headline_metric,
+    paired_improvement,
+    run_probes,
+)
 
 # real recordings per modality: (name in pulsefm.datasets.REAL_FILES, channel to use or None)
 REAL_SETS: dict[str, list[tuple[str, str | None]]] = {
@@ -238,6 +245,7 @@ def evaluate_modality(
             for a, b in zip(probes["ssl"], probes["random_init"], strict=True)
         ],
         "_results": probes,  # not serialised: for plots
+        "_plausibility": fit_plausibility(table, ssl, targets, test_fraction, seed),  # for the heads
         "_pca": per_participant,
     }
     if real:
@@ -346,6 +354,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             "training_data": "synthetic" if res["synthetic"] else str(args.store),
             "split": {"test_fraction": args.test_fraction, "seed": args.seed, "unit": "participant"},
             "probes": [r.head() for r in res["_results"]["ssl"]],
+            "plausibility": res["_plausibility"].to_dict(),
         }
         (out / f"probes_{enc.modality}.json").write_text(json.dumps(heads, indent=2))
         results.append(res)

@@ -360,8 +360,21 @@ def build_probes(
     if not parity < PARITY_TOL:
         raise ValueError(f"{probes_json}: probe ONNX max abs diff {parity:.2e} >= {PARITY_TOL}")
     card = probes_card(doc, meta, onnx_path, parity)
+    if doc.get("plausibility"):
+        card["plausibility"] = write_plausibility(dest, doc["plausibility"])
     (dest / C.CARD_FILE).write_text(json.dumps(card, indent=2))
     return card
+
+
+def write_plausibility(dest: Path, doc: dict[str, Any], note: str = "") -> dict[str, Any]:
+    """dest/plausibility.json (training ranges + OOD model, checked to load); its card summary."""
+    from pulsefm.plausibility import Plausibility
+
+    plaus = Plausibility.from_dict(doc)
+    path = dest / C.PLAUSIBILITY_FILE
+    path.write_text(json.dumps(plaus.to_dict()))
+    summary = plaus.summary() | {"file": C.PLAUSIBILITY_FILE, "sha256": file_sha256(path)}
+    return summary | ({"note": note} if note else {})
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -34,6 +34,7 @@ import numpy as np
 import pandas as pd
 
 from pulsefm.cli import HelpFormatter
+from pulsefm.plausibility import Plausibility, fit_ood, label_range
 from training.embed import aggregate, embedding_matrix
 
 REGRESSION, CLASSIFICATION = "regression", "classification"
@@ -306,6 +307,28 @@ def run_probes(
     return results
 
 
+def fit_plausibility(
+    table: pd.DataFrame,
+    features: np.ndarray,
+    targets: Sequence[str],
+    test_fraction: float = 0.3,
+    seed: int = 0,
+) -> Plausibility:
+    """Training ranges of the regression targets and the OOD model (pulsefm.plausibility), on the
+    same participant split as `run_probes`: fitted on the training participants' segments, the
+    flag threshold from the held-out participants' segments."""
+    ids = table["participant_id"].to_numpy().astype(str)
+    test = np.isin(ids, list(held_out_participants(ids, test_fraction, seed)))
+    ranges = {}
+    for t in targets:
+        target = TARGETS[t]
+        if target.kind == REGRESSION and target.column in table.columns:
+            found = label_range(pd.to_numeric(table[target.column], errors="coerce").to_numpy()[~test])
+            if found is not None:
+                ranges[t] = found
+    return Plausibility(ranges, fit_ood(features[~test], features[test]))
+
+
 def format_metric(r: ProbeResult) -> str:
     """'MAE 4.12 [3.80, 4.51] y' / 'AUC 0.81 [0.74, 0.88]'."""
     name = r.metric
@@ -346,6 +369,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         "embeddings": str(emb_path),
         "split": {"test_fraction": args.test_fraction, "seed": args.seed, "unit": "participant"},
         "probes": [r.head() for r in results],
+        "plausibility": fit_plausibility(
+            table, embedding_matrix(table), args.targets, args.test_fraction, args.seed
+        ).to_dict(),
     }
     (out / "probes.json").write_text(json.dumps(doc, indent=2))
     preds = pd.DataFrame(

@@ -126,9 +126,9 @@ async def predict(request: Request, state: GatewayState, _: ApiKey) -> Response:
     outputs = res.model.outputs
     per_window: list[dict[str, Any] | None] = [None] * len(res.windows)
     for row, w in zip(res.predictions[:-1], res.used, strict=True):
-        per_window[w] = schemas.prediction(outputs, row)
+        per_window[w] = schemas.prediction(outputs, row, res.model.plausibility)
     doc = window_doc(res) | {
         "predictions": per_window,
-        "aggregate": schemas.prediction(outputs, res.predictions[-1]),
+        "aggregate": schemas.prediction(outputs, res.predictions[-1], res.model.plausibility),
     }
     return json_response(doc, res.model)
