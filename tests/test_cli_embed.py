@@ -12,7 +12,7 @@ import pandas as pd
 import pytest
 
 from pulsefm import contract as C
-from training.embed import build_parser, main
+from training.embed import build_parser, embedding_matrix, main
 
 ROOT = Path(__file__).resolve().parents[1]
 ECG_MODEL = ROOT / "model_repository" / "ecg_encoder" / "1" / C.MODEL_FILE
@@ -88,7 +88,7 @@ def test_stride_channels_and_fs_options(tmp_path) -> None:
     assert df["start_s"].tolist() == [0, 15, 30, 45]
     assert main([*argv, "--channels", "1"]) == 0  # by index
     np.testing.assert_allclose(
-        np.stack(pd.read_parquet(out)["embedding"]), np.stack(df["embedding"])[[0, 2]], atol=1e-5
+        embedding_matrix(pd.read_parquet(out)), embedding_matrix(df)[[0, 2]], atol=1e-5
     )
 
 
@@ -96,8 +96,8 @@ def test_random_init_from_a_published_onnx(tmp_path) -> None:
     out = tmp_path / "r.parquet"
     argv = ["--model", str(ECG_MODEL), "--recordings", str(EXAMPLES / "ecg"), "--out", str(out)]
     assert main([*argv, "--random-init", "0"]) == 0
-    rand = np.stack(pd.read_parquet(out)["embedding"])
+    rand = embedding_matrix(pd.read_parquet(out))
     assert main(argv) == 0
-    trained = np.stack(pd.read_parquet(out)["embedding"])
+    trained = embedding_matrix(pd.read_parquet(out))
     assert rand.shape == trained.shape and np.isfinite(rand).all()
     assert not np.allclose(rand, trained, atol=1e-3)

@@ -216,8 +216,10 @@ def test_client_recording_calls_give_per_window_results(tmp_path) -> None:
     for res in (from_file, from_array, from_async):
         assert res.usable.tolist() == [True, False, True] and res.windows_used == 2
         assert res.windows[1]["reasons"] == ["nonfinite"]
-        assert np.isnan(res.embeddings[1]).all() and np.isfinite(res.embeddings[[0, 2]]).all()
+        emb = res.embeddings
+        assert emb is not None and np.isnan(emb[1]).all() and np.isfinite(emb[[0, 2]]).all()
     assert from_file.windows[0]["heart_rate_bpm"] is not None  # quality=full on the upload
+    assert from_file.embeddings is not None and from_array.embeddings is not None
     np.testing.assert_allclose(from_file.embeddings[[0, 2]], from_array.embeddings[[0, 2]], atol=1e-4)
     assert pred.stride_s == 15 and len(pred.windows) == 5 and pred.predictions is not None
     assert [p is None for p in pred.predictions] == [not u for u in pred.usable]
