@@ -47,8 +47,9 @@ class OodModel:
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
-        for key in ("mean", "components", "variances"):
-            d[key] = np.asarray(d[key]).round(7).tolist()
+        for key in ("mean", "components", "variances"):  # 7 significant digits (float32's), any scale
+            arr = np.asarray(d[key], dtype=np.float64)
+            d[key] = np.array([float(f"{v:.7g}") for v in arr.ravel()]).reshape(arr.shape).tolist()
         return d
 
     @classmethod

@@ -245,7 +245,10 @@ def test_embed_reads_an_exported_onnx_like_the_checkpoint(artifacts, tmp_path) -
     assert (onnx_enc.modality, onnx_enc.preprocess_version) == (pt_enc.modality, pt_enc.preprocess_version)
     x = parity_segments("ecg", 8)
     np.testing.assert_allclose(onnx_enc(x), pt_enc(x), atol=PARITY_TOL)
-    with pytest.raises(ValueError, match="random-init"):
+    rand = load_encoder(tmp_path / "ecg" / "model.onnx", random_init_seed=0)  # architecture from card.json
+    assert rand.version == "random-init-0" and rand(x).shape == onnx_enc(x).shape
+    (tmp_path / "ecg" / "card.json").unlink()
+    with pytest.raises(ValueError, match="random-init needs the card.json"):
         load_encoder(tmp_path / "ecg" / "model.onnx", random_init_seed=0)
 
 

@@ -231,6 +231,8 @@ def test_clients_cannot_inflate_metrics(server) -> None:
         "unmatched",
         "/openapi.json",
         "/docs",
+        "/redoc",
+        "/docs-assets",
     }, endpoints
 
 

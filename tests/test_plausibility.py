@@ -42,12 +42,17 @@ def test_in_distribution_scores_near_one_and_far_points_flagged() -> None:
 
 
 @hypothesis.settings(max_examples=30, deadline=None, database=None)
-@hypothesis.given(n=st.integers(3, 60), k=st.integers(1, 40), seed=st.integers(0, 1000))
-def test_fit_and_round_trip_for_any_small_sample(n: int, k: int, seed: int) -> None:
-    train = np.random.default_rng(seed).normal(size=(n, 256))
+@hypothesis.given(
+    n=st.integers(3, 60),
+    k=st.integers(1, 40),
+    seed=st.integers(0, 1000),
+    scale=st.sampled_from([1e-9, 1e-3, 1.0, 1e5]),
+)
+def test_fit_and_round_trip_for_any_small_sample(n: int, k: int, seed: int, scale: float) -> None:
+    train = np.random.default_rng(seed).normal(size=(n, 256)) * scale
     model = fit_ood(train, train[:2], k=k)
     back = OodModel.from_dict(json.loads(json.dumps(model.to_dict())))
-    x = np.random.default_rng(seed + 1).normal(size=(5, 256))
+    x = np.random.default_rng(seed + 1).normal(size=(5, 256)) * scale
     np.testing.assert_allclose(back.score(x), model.score(x), rtol=1e-5)
     assert np.isfinite(model.score(x)).all() and model.threshold > 0
 

@@ -11,7 +11,6 @@ import shlex
 import subprocess
 from pathlib import Path
 
-import numpy as np
 import pytest
 
 from pulsefm.cli import main as cli
@@ -75,9 +74,15 @@ def test_gateway_snippets_run_against_a_live_gateway(tmp_path: Path) -> None:
             exec(snippet.group(1).replace("http://127.0.0.1:8080", server.url), {})
         printed = out.getvalue().splitlines()
         assert printed[0] == "(1, 256)" and "age" in printed[1]
-        window = np.random.default_rng(0).standard_normal((2, 1, 15000)).astype(np.float32)
-        np.save(tmp_path / "window.npy", window)
-        for line in curls:
+        for line in curls:  # /readyz, and a recording file uploaded to /v1/predict
             cmd = shlex.split(line.replace("http://127.0.0.1:8080", server.url))
-            r = subprocess.run(cmd, capture_output=True, text=True, cwd=tmp_path, timeout=60)
-            assert r.returncode == 0 and ('"ready":true' in r.stdout or '"embeddings"' in r.stdout), r.stdout
+            r = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, timeout=60)
+            assert r.returncode == 0 and ('"ready":true' in r.stdout or '"windows_used":2' in r.stdout), (
+                r.stdout
+            )
+        (client_block,) = re.findall(r"```python\n(.*?)```", README, flags=re.S)
+        out = io.StringIO()
+        with contextlib.chdir(ROOT), contextlib.redirect_stdout(out):
+            exec(client_block.replace("http://127.0.0.1:8080", server.url), {})
+        printed = out.getvalue().splitlines()
+        assert printed[0] == "(2, 256) [0.0, 30.0]" and "out_of_distribution" in printed[1], printed
