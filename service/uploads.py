@@ -123,18 +123,49 @@ def _suffix(filename: str) -> str:
     return suffix
 
 
+def _npy_header_fits(fh: Any, size: int, name: str) -> None:
+    """A .npy header's shape x itemsize must be what the file holds (numpy would allocate the claim)."""
+    try:
+        version = np.lib.format.read_magic(fh)
+        if version == (1, 0):
+            shape, _, dtype = np.lib.format.read_array_header_1_0(fh)
+        elif version == (2, 0):
+            shape, _, dtype = np.lib.format.read_array_header_2_0(fh)
+        else:
+            raise ValueError(f"unsupported .npy format version {version}")
+        header = fh.tell()
+    except Exception as exc:  # the header is client text: whatever numpy's parser raises
+        raise fail("file", f"{name}: not a .npy array ({str(exc)[:200]})") from None
+    claimed = int(np.prod(shape, dtype=object)) * dtype.itemsize
+    if claimed != size - header:
+        raise fail(
+            "file",
+            f"{name}: header says shape {tuple(shape)} of {dtype} ({claimed} bytes); holds {size - header}",
+        )
+
+
 def _check_unpacked(path: Path, suffix: str, max_bytes: int) -> None:
-    """Refuse a compressed file whose content would unpack beyond `max_bytes`, before reading it."""
+    """Refuse a file whose content would unpack beyond `max_bytes`, or whose .npy headers claim
+    more than they hold, before reading it."""
     size = 0
+    if suffix == ".npy":
+        with path.open("rb") as fh:
+            _npy_header_fits(fh, path.stat().st_size, "upload")
     if suffix in (".zip", ".npz"):
         try:
             with zipfile.ZipFile(path) as zf:
                 infos = zf.infolist()
                 size = sum(i.file_size for i in infos)
-        except (zipfile.BadZipFile, OSError, ValueError) as exc:
+                if len(infos) > MAX_PARTS:
+                    raise fail("file", f"archive with {len(infos)} members; at most {MAX_PARTS}")
+                if size <= max_bytes and suffix == ".npz":
+                    for info in infos:
+                        with zf.open(info) as member:
+                            _npy_header_fits(member, info.file_size, info.filename[:60])
+        except ValidationFailed:
+            raise
+        except (zipfile.BadZipFile, OSError, ValueError, EOFError) as exc:
             raise fail("file", f"not a readable {suffix} archive ({exc})") from None
-        if len(infos) > MAX_PARTS:
-            raise fail("file", f"archive with {len(infos)} members; at most {MAX_PARTS}")
     elif suffix in (".h5", ".hdf5"):
         import h5py
 

@@ -173,6 +173,23 @@ def test_a_zip_bomb_is_refused_before_unpacking(client) -> None:
     assert r.status_code == 422 and "unpacks to" in r.json()["detail"]
 
 
+def _npy_claiming(shape: tuple[int, ...]) -> bytes:
+    header = f"{{'descr': '<f4', 'fortran_order': False, 'shape': {shape}, }}"
+    header += " " * ((64 - (10 + len(header) + 1) % 64) % 64) + "\n"
+    return b"\x93NUMPY\x01\x00" + len(header).to_bytes(2, "little") + header.encode() + b"\0" * 64
+
+
+def test_npy_headers_claiming_more_than_the_file_holds_are_refused_before_allocation(client) -> None:
+    for shape in [(1_000_000, 4, 3840), (2**40,), (3_000_000_000,)]:  # 57 GiB, 4 TiB, 11 GiB
+        r = post(client, "rec.npy", _npy_claiming(shape), fs="500")
+        assert r.status_code == 422 and "header says shape" in r.json()["detail"], r.text
+        buf = io.BytesIO()
+        with zipfile.ZipFile(buf, "w") as zf:
+            zf.writestr("signal.npy", _npy_claiming(shape))
+        r = post(client, "rec.npz", buf.getvalue(), fs="500")
+        assert r.status_code == 422 and "header says shape" in r.json()["detail"], r.text
+
+
 def test_form_problems_are_named(client) -> None:
     csv = b"\n".join(b"%.5f" % v for v in ECG_500)
     r = client.post("/v1/embed", data={"modality": "ecg", "fs": "500"})  # a form without a file
