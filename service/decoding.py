@@ -179,9 +179,11 @@ def _check_shape(shape: tuple[int, ...], source: str) -> None:
         )
 
 
-def decode_npy(body: bytes) -> np.ndarray:
-    """A .npy body -> array view, its header checked against the body before anything is allocated."""
-    f = io.BytesIO(body)
+def read_npy_header(
+    f: Any, reason: str = "npy", what: str = "body"
+) -> tuple[tuple[int, ...], bool, np.dtype[Any]]:
+    """(shape, fortran order, dtype) of a .npy header, read without allocating anything; any
+    parse failure is a 422 (`reason`) naming `what`."""
     try:
         version = np.lib.format.read_magic(f)
         if version == (1, 0):
@@ -191,7 +193,14 @@ def decode_npy(body: bytes) -> np.ndarray:
         else:
             raise ValueError(f"unsupported .npy format version {version}")
     except Exception as exc:  # the header is client text: whatever numpy's parser raises is a 422
-        raise fail("npy", f"body is not a .npy array: {str(exc)[:200]}") from None
+        raise fail(reason, f"{what} is not a .npy array: {str(exc)[:200]}") from None
+    return tuple(shape), bool(fortran), dtype
+
+
+def decode_npy(body: bytes) -> np.ndarray:
+    """A .npy body -> array view, its header checked against the body before anything is allocated."""
+    f = io.BytesIO(body)
+    shape, fortran, dtype = read_npy_header(f)
     _check_float_dtype(dtype)
     _check_shape(tuple(shape), ".npy header")
     count = math.prod(shape)

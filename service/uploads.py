@@ -125,17 +125,10 @@ def _suffix(filename: str) -> str:
 
 def _npy_header_fits(fh: Any, size: int, name: str) -> None:
     """A .npy header's shape x itemsize must be what the file holds (numpy would allocate the claim)."""
-    try:
-        version = np.lib.format.read_magic(fh)
-        if version == (1, 0):
-            shape, _, dtype = np.lib.format.read_array_header_1_0(fh)
-        elif version == (2, 0):
-            shape, _, dtype = np.lib.format.read_array_header_2_0(fh)
-        else:
-            raise ValueError(f"unsupported .npy format version {version}")
-        header = fh.tell()
-    except Exception as exc:  # the header is client text: whatever numpy's parser raises
-        raise fail("file", f"{name}: not a .npy array ({str(exc)[:200]})") from None
+    from service.decoding import read_npy_header
+
+    shape, _, dtype = read_npy_header(fh, "file", name)
+    header = fh.tell()
     claimed = int(np.prod(shape, dtype=object)) * dtype.itemsize
     if claimed != size - header:
         raise fail(
