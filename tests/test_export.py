@@ -248,7 +248,7 @@ def test_embed_reads_an_exported_onnx_like_the_checkpoint(artifacts, tmp_path) -
     rand = load_encoder(tmp_path / "ecg" / "model.onnx", random_init_seed=0)  # architecture from card.json
     assert rand.version == "random-init-0" and rand(x).shape == onnx_enc(x).shape
     (tmp_path / "ecg" / "card.json").unlink()
-    with pytest.raises(ValueError, match="random-init needs the card.json"):
+    with pytest.raises(ValueError, match=r"random-init needs the card\.json"):
         load_encoder(tmp_path / "ecg" / "model.onnx", random_init_seed=0)
 
 
