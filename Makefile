@@ -16,7 +16,7 @@ ECG_AUGMENT ?= ecg
 PPG_RUN := runs/$(PPG_AUGMENT)-$(STEPS)
 ECG_RUN := runs/$(ECG_AUGMENT)-$(STEPS)
 
-.PHONY: install run constraints pretrain model evaluate evaluate-select evaluate-test ablate bench test test-fast test-slow lint format type-check clean
+.PHONY: install run constraints pretrain model evaluate evaluate-real evaluate-select evaluate-test ablate bench test test-fast test-slow lint format type-check clean
 
 $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
@@ -69,6 +69,10 @@ ablate: runs/ablate/ablations.json
 evaluate: $(PPG_RUN)/encoder.pt $(ECG_RUN)/encoder.pt $(EVAL)/store.json runs/ablate/ablations.json
 	$(BIN)/pulse-fm evaluate --encoder $(PPG_RUN)/encoder.pt --encoder $(ECG_RUN)/encoder.pt \
 	    --store $(EVAL) --ablations runs/ablate/ablations.json --out reports/default
+
+## the real-recording benchmark of the latest published models (a few minutes; no store needed)
+evaluate-real: install
+	$(BIN)/pulse-fm evaluate --real-only --encoder $(call latest,ppg) --encoder $(call latest,ecg) --out reports/real
 
 ## compare variants on the selection cohort: make evaluate-select PPG_AUGMENT=ppg STEPS=2000
 evaluate-select: $(PPG_RUN)/encoder.pt $(ECG_RUN)/encoder.pt $(SELECT)/store.json

@@ -15,7 +15,7 @@ import torch
 from pulsefm.plausibility import Plausibility
 from training.config import PRESETS
 from training.embed import aggregate, embed_store, embedding_matrix, load_encoder, with_embeddings
-from training.evaluate import effective_rank, retrieval_top1
+from training.evaluate import effective_rank
 from training.probe import (
     TARGETS,
     above_zero,
@@ -28,6 +28,7 @@ from training.probe import (
     predict,
     run_probes,
 )
+from training.realbench import retrieval_top1
 from training.train import build_model, encoder_artifact
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -245,7 +246,13 @@ def test_evaluate_cli_reports_the_paired_verdict(small_store, tiny_encoder_pt, t
     argv = ["--encoder", str(tiny_encoder_pt), "--store", str(small_store), "--out", str(out)]
     assert evaluate_main([*argv, "--bootstrap", "50", "--no-real"]) == 0
     res = json.loads((out / "results.json").read_text())["results"][0]
-    assert res["synthetic"] and set(res["probes"]) == {"ssl", "random_init", "hr_hrv", "true_params"}
+    assert res["synthetic"] and set(res["probes"]) == {
+        "ssl",
+        "random_init",
+        "band_power",
+        "hr_hrv",
+        "true_params",
+    }
     verdicts = res["ssl_vs_random_init"]
     assert [v["target"] for v in verdicts] == [r["target"] for r in res["probes"]["ssl"]]
     for v in verdicts:

