@@ -474,6 +474,8 @@ _ctypes = st.sampled_from(
         "application/octet-stream",
         "text/plain",
         "application/json; charset=utf-8",
+        "multipart/form-data; boundary=b",
+        "multipart/form-data",
         "",
     ]
 )
@@ -486,6 +488,23 @@ _bodies = st.one_of(
         st.just(ECG.tolist()),
         st.sampled_from(["model_version", "quality", "fs", "modality"]),
         st.one_of(st.none(), st.booleans(), st.integers(), st.floats(), st.text(max_size=5)),
+    ),
+    st.builds(  # a multipart upload with a fuzzed file and fuzzed fields (boundary "b")
+        lambda name, data, field: (
+            b'--b\r\nContent-Disposition: form-data; name="file"; filename="'
+            + name.encode()
+            + b'"\r\n\r\n'
+            + data
+            + b'\r\n--b\r\nContent-Disposition: form-data; name="'
+            + field.encode()
+            + b'"\r\n\r\necg\r\n--b--\r\n'
+        ),
+        st.sampled_from(["a.csv", "a.npy", "a.npz", "a.zip", "a.h5", "a.edf", "a.parquet", "a.txt", "a"]),
+        st.binary(max_size=600),
+        st.sampled_from(["modality", "fs", "channels", "x"]),
+    ),
+    st.sampled_from(["modality", "fs", "model_version", "quality", "stride_s", "channels", "x"]).map(
+        lambda k: json.dumps({"modality": "ecg", "fs": 128, "segments": ECG.tolist(), k: 1e9}).encode()
     ),
 )
 _header_values = st.text(
