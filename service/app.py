@@ -94,5 +94,6 @@ def create_app(
         body_timeout_s=settings.body_timeout_s,
         retry_after_s=settings.retry_after_s,
         send_timeout_s=settings.send_timeout_s,
+        access_log=settings.access_log,
     )
     return app

@@ -29,6 +29,7 @@ from typing import Any
 import orjson
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from service import logs
 from service.errors import (
     INTERNAL,
     BodyTimeout,
@@ -146,8 +147,10 @@ class Frontdoor:
         body_timeout_s: float,
         retry_after_s: int,
         send_timeout_s: float = 30.0,
+        access_log: bool = True,
     ) -> None:
         self.app, self.admission, self.send_timeout_s = app, admission, send_timeout_s
+        self.access_log = access_log
         self.max_body_bytes, self.body_timeout_s, self.retry_after_s = (
             max_body_bytes,
             body_timeout_s,
@@ -189,8 +192,12 @@ class Frontdoor:
         finally:
             route = scope.get("route")
             label = str(getattr(route, "path", "unmatched")) if route is not None else "unmatched"
-            REQUESTS.labels(label, str(state["status"] or 500)).inc()
-            STAGE_SECONDS.labels("total", label).observe(time.perf_counter() - t0)
+            status = state["status"] or 500
+            seconds = time.perf_counter() - t0
+            REQUESTS.labels(label, str(status)).inc()
+            STAGE_SECONDS.labels("total", label).observe(seconds)
+            if self.access_log:
+                logs.access(scope, rid, label, status, seconds)
 
     async def _error(self, exc: BaseException, rid: str, send: Send) -> None:
         status, reason, body = error_body(exc, rid)

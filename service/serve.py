@@ -33,6 +33,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     import uvicorn
 
+    from service import logs
     from service.app import create_app
     from service.server import uvicorn_config
     from service.settings import Settings
@@ -49,10 +50,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         if v is not None
     }
     settings = Settings(**overrides)
+    logs.configure(settings.log_format, args.log_level)
     sys.setswitchinterval(
         settings.gil_switch_interval_ms / 1000
     )  # the whole process: set here, not in the app
-    config = uvicorn_config(create_app(settings), settings, args.host, args.port, log_level=args.log_level)
+    config = uvicorn_config(
+        create_app(settings), settings, args.host, args.port, log_level=args.log_level, log_config=None
+    )
     uvicorn.Server(config).run()
     return 0
 

@@ -56,6 +56,10 @@ class Settings(BaseSettings):
     max_segments: int = Field(
         64, description="windows of one request admitted at once (a longer recording goes in steps)"
     )
+    log_format: Literal["json", "text"] = Field(
+        "json", description="one JSON object per log line, or plain text"
+    )
+    access_log: bool = Field(True, description="one structured line per request (no bodies, no keys)")
     max_windows: int = Field(4096, description="windows per request (a recording is cut server-side)")
     max_decoded_bytes: int = Field(
         512 * 1024 * 1024,

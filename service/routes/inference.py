@@ -12,7 +12,7 @@ import orjson
 from fastapi import APIRouter, Request
 from fastapi.responses import Response
 
-from service import schemas
+from service import logs, schemas
 from service.auth import ApiKey, GatewayState
 from service.decoding import JSON, NPY
 from service.errors import ClientGone
@@ -78,7 +78,14 @@ def json_response(doc: dict[str, Any], mv: ModelVersion) -> Response:
 
 async def _serve(request: Request, state: State, endpoint: str, with_probes: bool) -> Result:
     body = await read_body(request)
-    return await until_disconnect(request, Pipeline(state, endpoint).run(body, with_probes))
+    res = await until_disconnect(request, Pipeline(state, endpoint).run(body, with_probes))
+    request.scope[logs.SCOPE_KEY] = {  # for the access log (service/logs.py)
+        "modality": res.model.modality,
+        "model_version": res.model.version,
+        "windows": len(res.windows),
+        "windows_used": len(res.used),
+    }
+    return res
 
 
 def window_doc(res: Result) -> dict[str, Any]:
