@@ -231,6 +231,19 @@ class Pipeline:
                 res.quality.flags[w] = [*res.quality.flags[w], OUT_OF_DISTRIBUTION]
 
     def count(self, res: Result) -> None:
+        """Rejected windows by reason; drift metrics of the answered ones (service/drift.py)."""
+        mv = res.model
         for problems in res.windows.problems.values():
             for p in problems:
-                WINDOWS_REJECTED.labels(self.endpoint, res.model.modality, p.reason).inc()
+                WINDOWS_REJECTED.labels(self.endpoint, mv.modality, p.reason).inc()
+        q = res.quality
+        self.state.drift.observe(
+            mv.modality,
+            mv.version,
+            res.embeddings[res.used],
+            [q.flags[w] for w in res.used],
+            [q.ood_score[w] for w in res.used],
+        )
+        if res.predictions is not None:
+            targets = [o["target"] for o in mv.outputs]
+            self.state.drift.observe_predictions(mv.modality, mv.version, targets, res.predictions[:-1])

@@ -22,6 +22,7 @@ from pulsefm import contract as C
 from service.backends import RETIRE_AFTER_S, Backend, OrtBackend, TritonBackend
 from service.batcher import MicroBatcher
 from service.cache import Cache, LRUCache, RedisCache
+from service.drift import DriftMonitor
 from service.errors import BackendUnavailable, Overloaded
 from service.metrics import FAILURES, MODEL_INFO, MODEL_LOAD_FAILURES, MODELS_FAILED
 from service.registry import LoadFailure, ModelVersion, Registry, scan
@@ -43,6 +44,7 @@ class State:
     ready: bool = False
     reload_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
     inflight: int = 0  # admitted segments not yet answered
+    drift: DriftMonitor = field(default_factory=DriftMonitor)
     background: set[asyncio.Task[None]] = field(default_factory=set)
 
     @contextlib.contextmanager
