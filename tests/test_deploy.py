@@ -47,15 +47,41 @@ def test_prometheus_config_passes_promtool() -> None:
     assert out.returncode == 0, out.stdout + out.stderr
 
 
-def test_dashboard_queries_only_metrics_the_gateway_exports() -> None:
+def test_alert_rules_pass_their_promtool_unit_tests() -> None:
+    out = subprocess.run(
+        [_tool("promtool"), "test", "rules", "alerts_test.yml"],
+        capture_output=True,
+        text=True,
+        cwd=ROOT / "deploy" / "prometheus",
+    )
+    assert out.returncode == 0, out.stdout + out.stderr
+    tested = set(
+        re.findall(r"alertname: (\w+)", (ROOT / "deploy" / "prometheus" / "alerts_test.yml").read_text())
+    )
+    defined = set(re.findall(r"- alert: (\w+)", (ROOT / "deploy" / "prometheus" / "alerts.yml").read_text()))
+    assert defined and defined <= tested, defined - tested  # every alert has a unit test
+
+
+def exported_metrics() -> set[str]:
     from prometheus_client import REGISTRY
 
-    import service.metrics  # noqa: F401 - registers the metrics
+    import service.drift
+    import service.metrics  # noqa: F401
 
     exported: set[str] = set()
     for family in REGISTRY.collect():
         exported |= {s.name for s in family.samples} | {family.name, family.name + "_total"}
-    exported |= {n + suffix for n in list(exported) for suffix in ("_bucket", "_sum", "_count")}
+    return exported | {n + suffix for n in list(exported) for suffix in ("_bucket", "_sum", "_count")}
+
+
+def test_alert_rules_use_only_metrics_the_gateway_exports() -> None:
+    text = (ROOT / "deploy" / "prometheus" / "alerts.yml").read_text()
+    used = set(re.findall(r"pulsefm_\w+", text))
+    assert used and used <= exported_metrics(), used - exported_metrics()
+
+
+def test_dashboard_queries_only_metrics_the_gateway_exports() -> None:
+    exported = exported_metrics()
     dash = json.loads((ROOT / "deploy" / "grafana" / "dashboards" / "pulse-fm.json").read_text())
     used = {m for p in dash["panels"] for t in p["targets"] for m in re.findall(r"pulsefm_\w+", t["expr"])}
     assert used and used <= exported, used - exported
