@@ -39,7 +39,7 @@ def lifespan_for(settings: Settings, backend: Backend | None, cache: Cache | Non
             raise FileNotFoundError(f"{settings.repo}: model repository not found (see README: make model)")
         state = State(
             settings=settings,
-            registry=Registry(settings.repo),
+            registry=Registry(settings.repo, settings.retire_grace_s),
             backend=backend or make_backend(settings),
             cache=cache or make_cache(settings),
             cpu=ThreadPoolExecutor(max_workers=settings.cpu_workers, thread_name_prefix="cpu"),

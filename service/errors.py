@@ -52,6 +52,10 @@ class UnknownModel(LookupError):
     """No such modality or version in the repository."""
 
 
+class Gone(LookupError):
+    """A pinned version past its retirement grace period (410); the served versions are named."""
+
+
 class Overloaded(RuntimeError):
     """Too much in flight; retry after Retry-After seconds."""
 
@@ -78,6 +82,7 @@ ERRORS: dict[type[BaseException], tuple[int, str]] = {
     Unauthorized: (401, "unauthorized"),
     Forbidden: (403, "forbidden"),
     UnknownModel: (404, "unknown_model"),
+    Gone: (410, "gone"),
     Overloaded: (429, "overloaded"),
     BackendUnavailable: (503, "backend_unavailable"),
     NotReady: (503, "not_ready"),

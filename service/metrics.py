@@ -69,3 +69,8 @@ CONNECTIONS = Gauge("pulsefm_connections", "Open client connections")
 CONNECTIONS_REFUSED = Counter(
     "pulsefm_connections_refused_total", "Connections closed at once or timed out", ["reason"]
 )
+RETIRING_CALLS = Counter(
+    "pulsefm_retiring_version_calls_total",
+    "Answers from a version in its retirement grace period, by caller (API key digest or anonymous)",
+    ["modality", "version", "client"],
+)

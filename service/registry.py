@@ -15,6 +15,7 @@ from __future__ import annotations
 import hashlib
 import json
 import re
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -23,7 +24,7 @@ from pulsefm import contract as C
 from pulsefm.plausibility import Plausibility
 from pulsefm.preprocess import PreprocessSpec, spec_for
 from pulsefm.records import Modality
-from service.errors import UnknownModel
+from service.errors import Gone, UnknownModel
 
 
 @dataclass(frozen=True)
@@ -61,6 +62,7 @@ class ModelVersion:
     probes_dir: Path | None = None
     probes_card: dict[str, Any] | None = field(default=None)
     plausibility: Plausibility | None = None  # training ranges + OOD model (plausibility.json)
+    sunset: float | None = None  # retiring: answered until this time (Unix s), then 410 Gone
 
     @property
     def spec(self) -> PreprocessSpec:
@@ -163,39 +165,84 @@ def _plausibility(probes_dir: Path, card: dict[str, Any]) -> Plausibility | None
     return _PLAUSIBILITY_CACHE[key]
 
 
-def scan_all(repo: Path) -> tuple[dict[str, dict[int, ModelVersion]], list[LoadFailure]]:
-    """modality -> version -> ModelVersion for what the repository serves, and what it cannot."""
-    out: dict[str, dict[int, ModelVersion]] = {}
-    failed: list[LoadFailure] = []
-    for modality in Modality:
+def _version(
+    modality: str, v: int, enc_dir: Path, probe_dir: Path, probe_versions: set[int], sunset: float | None
+) -> ModelVersion:
+    kind = "encoder"
+    try:
+        card = _card(enc_dir / str(v))
+        kind = "probes"
+        has_probes = v in probe_versions and (probe_dir / str(v) / C.CARD_FILE).is_file()
+        probes_card = _card(probe_dir / str(v)) if has_probes else None
+        plausibility = _plausibility(probe_dir / str(v), probes_card) if probes_card else None
+    except BadVersion as exc:
+        raise LoadFailureError(LoadFailure(modality, v, kind, exc.reason, str(exc))) from None
+    return ModelVersion(
+        modality=modality,
+        version=v,
+        encoder_dir=enc_dir / str(v),
+        encoder_card=card,
+        probes_dir=probe_dir / str(v) if has_probes else None,
+        probes_card=probes_card,
+        plausibility=plausibility,
+        sunset=sunset,
+    )
+
+
+class LoadFailureError(Exception):
+    def __init__(self, failure: LoadFailure) -> None:
+        super().__init__(failure.detail)
+        self.failure = failure
+
+
+@dataclass
+class Scan:
+    """What the repository holds: served versions, retiring ones (left the policy, inside their
+    grace period: still answered, with Deprecation / Sunset headers), gone ones (past it: 410), and
+    versions that fail to load."""
+
+    models: dict[str, dict[int, ModelVersion]] = field(default_factory=dict)
+    retiring: dict[str, dict[int, ModelVersion]] = field(default_factory=dict)
+    gone: dict[str, dict[int, float]] = field(default_factory=dict)  # version -> its sunset
+    failed: list[LoadFailure] = field(default_factory=list)
+
+
+def scan_repo(repo: Path, grace_s: float = 0.0, now: float | None = None) -> Scan:
+    """The repository by modality. A version on disk outside config.pbtxt's policy left it when
+    config.pbtxt was last written (publish rewrites it): its sunset is that time + `grace_s`."""
+    now = time.time() if now is None else now
+    out = Scan()
+    for modality in map(str, Modality):
         enc_dir = repo / C.model_name(modality, "encoder")
         if not enc_dir.is_dir():
             continue
         probe_dir = repo / C.model_name(modality, "probes")
-        probe_versions = set(served_versions(probe_dir)) if probe_dir.is_dir() else set()
-        for v in served_versions(enc_dir):
+        probe_versions = set(C.versions_on_disk(probe_dir)) if probe_dir.is_dir() else set()
+        served = served_versions(enc_dir)
+        config = enc_dir / "config.pbtxt"
+        sunset = (config.stat().st_mtime if config.is_file() else now) + grace_s
+        for v in C.versions_on_disk(enc_dir):
             if not (enc_dir / str(v) / C.CARD_FILE).is_file():
                 continue  # being published: the card is written last
-            kind = "encoder"
-            try:
-                card = _card(enc_dir / str(v))
-                kind = "probes"
-                has_probes = v in probe_versions and (probe_dir / str(v) / C.CARD_FILE).is_file()
-                probes_card = _card(probe_dir / str(v)) if has_probes else None
-                plausibility = _plausibility(probe_dir / str(v), probes_card) if probes_card else None
-            except BadVersion as exc:
-                failed.append(LoadFailure(str(modality), v, kind, exc.reason, str(exc)))
+            if v not in served and sunset <= now:
+                out.gone.setdefault(modality, {})[v] = sunset
                 continue
-            out.setdefault(str(modality), {})[v] = ModelVersion(
-                modality=str(modality),
-                version=v,
-                encoder_dir=enc_dir / str(v),
-                encoder_card=card,
-                probes_dir=probe_dir / str(v) if has_probes else None,
-                probes_card=probes_card,
-                plausibility=plausibility,
-            )
-    return out, failed
+            try:
+                mv = _version(
+                    modality, v, enc_dir, probe_dir, probe_versions, None if v in served else sunset
+                )
+            except LoadFailureError as exc:
+                if v in served:
+                    out.failed.append(exc.failure)
+                continue
+            (out.models if v in served else out.retiring).setdefault(modality, {})[v] = mv
+    return out
+
+
+def scan_all(repo: Path) -> tuple[dict[str, dict[int, ModelVersion]], list[LoadFailure]]:
+    """modality -> version -> ModelVersion for what the repository serves, and what it cannot."""
+    found = scan_repo(repo)
+    return found.models, found.failed
 
 
 def scan(repo: Path) -> dict[str, dict[int, ModelVersion]]:
@@ -206,9 +253,12 @@ def scan(repo: Path) -> dict[str, dict[int, ModelVersion]]:
 class Registry:
     """The current view of the repository; `reload()` swaps it in one assignment."""
 
-    def __init__(self, repo: Path) -> None:
+    def __init__(self, repo: Path, grace_s: float = 0.0) -> None:
         self.repo = Path(repo)
+        self.grace_s = grace_s
         self.models: dict[str, dict[int, ModelVersion]] = {}
+        self.retiring: dict[str, dict[int, ModelVersion]] = {}
+        self.gone: dict[str, dict[int, float]] = {}
         self.failed: list[LoadFailure] = []
 
     def reload(self) -> dict[str, dict[int, ModelVersion]]:
@@ -216,7 +266,13 @@ class Registry:
             raise FileNotFoundError(
                 f"{self.repo}: model repository not found (run `make model` or publish one)"
             )
-        self.models, self.failed = scan_all(self.repo)
+        found = scan_repo(self.repo, self.grace_s)
+        self.models, self.retiring, self.gone, self.failed = (
+            found.models,
+            found.retiring,
+            found.gone,
+            found.failed,
+        )
         return self.models
 
     def resolve(self, modality: str, version: int | None = None) -> ModelVersion:
@@ -225,9 +281,20 @@ class Registry:
             raise UnknownModel(f"no {modality} model in the repository")
         if version is None:
             return versions[max(versions)]
-        if version not in versions:
-            raise UnknownModel(f"{modality} version {version} is not served; served: {sorted(versions)}")
-        return versions[version]
+        if version in versions:
+            return versions[version]
+        retiring = self.retiring.get(str(modality), {}).get(version)
+        sunset = retiring.sunset if retiring is not None else self.gone.get(str(modality), {}).get(version)
+        if retiring is not None and sunset is not None and sunset > time.time():
+            return retiring
+        if sunset is not None:
+            when = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(sunset))
+            raise Gone(f"{modality} version {version} was retired on {when}; served: {sorted(versions)}")
+        raise UnknownModel(f"{modality} version {version} is not served; served: {sorted(versions)}")
 
     def all(self) -> list[ModelVersion]:
         return [mv for versions in self.models.values() for mv in versions.values()]
+
+    def loadable(self) -> list[ModelVersion]:
+        """Served and retiring versions: what the backend must hold."""
+        return self.all() + [mv for versions in self.retiring.values() for mv in versions.values()]

@@ -107,6 +107,11 @@ class PredictResponse(BaseModel):
 class ModelsResponse(BaseModel):
     backend: str
     models: list[dict[str, Any]]
+    retiring: list[dict[str, Any]] = Field(
+        default_factory=list,
+        description="versions that left the serving policy: answered when pinned until `sunset` (Unix s), "
+        "then 410",
+    )
     failed: list[dict[str, Any]] = Field(
         default_factory=list,
         description="versions on disk that are not served: modality, version, kind, reason, detail",
@@ -128,6 +133,7 @@ ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
         401: "missing or unknown API key",
         403: "a key without the role this route needs, or admin routes not configured",
         404: "no such modality or version",
+        410: "a pinned version past its retirement grace period (the served versions are named)",
         408: "the body did not arrive in time",
         413: "payload over the size limit",
         422: "invalid signal or request (reasons listed per segment); non-finite model output",

@@ -98,6 +98,11 @@ class Settings(BaseSettings):
     admin_from_loopback: bool = Field(
         False, description="allow admin routes without a key from 127.0.0.1/::1"
     )
+    retire_grace_s: float = Field(
+        7 * 24 * 3600.0,
+        description="a version that leaves the serving policy is still answered (to clients that pin it) for "
+        "this long, with Deprecation / Sunset headers; then 410 Gone",
+    )
     retry_failed_s: float = Field(10.0, description="retry model versions that failed to load every N s")
     startup_wait_s: float = Field(30.0, description="wait this long for the backend before serving 503s")
     watch_repo_s: float = Field(0.0, description="poll the repository for new versions every N s (0 = off)")

@@ -117,25 +117,32 @@ async def _warm(backend: Backend, mv: ModelVersion) -> LoadFailure | None:
 async def reload_models(state: State) -> list[ModelVersion]:
     """Rescan the repository, load + warm new versions, then swap (in-flight requests keep theirs)."""
     async with state.reload_lock:
-        fresh = Registry(state.registry.repo)
+        fresh = Registry(state.registry.repo, state.registry.grace_s)
         fresh.reload()
         failed = list(fresh.failed)
-        failed += await state.backend.load(fresh.all())
+        failed += await state.backend.load(fresh.loadable())
         bad = {(f.modality, f.version) for f in failed}
-        for mv in fresh.all():
+        for mv in fresh.loadable():
             if (mv.modality, mv.version) not in bad and (f := await _warm(state.backend, mv)) is not None:
                 failed.append(f)
                 bad.add((mv.modality, mv.version))
-        for modality, versions in list(fresh.models.items()):
-            for v in [v for v in versions if (modality, v) in bad]:
-                del versions[v]
-            if not versions:
-                del fresh.models[modality]
+        for table in (fresh.models, fresh.retiring):
+            for modality, versions in list(table.items()):
+                for v in [v for v in versions if (modality, v) in bad]:
+                    del versions[v]
+                if not versions:
+                    del table[modality]
         _report(state.registry.failed, failed)
         models = fresh.all()
-        state.registry.models, state.registry.failed = fresh.models, failed  # the swap
+        reg = state.registry
+        reg.models, reg.retiring, reg.gone, reg.failed = (
+            fresh.models,
+            fresh.retiring,
+            fresh.gone,
+            failed,
+        )  # swap
         MODEL_INFO.info({f"{mv.modality}_v{mv.version}": mv.encoder_sha256[:12] for mv in models})
-        served = {(m.modality, m.version) for m in models}
+        served = {(m.modality, m.version) for m in fresh.loadable()}
         for key in [k for k in state.batchers if k not in served]:
             old = state.batchers.pop(key)
             asyncio.get_running_loop().call_later(RETIRE_AFTER_S, _stop_later, state, old)

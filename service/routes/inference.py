@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import io
 from collections.abc import Coroutine
+from email.utils import formatdate
 from typing import Any, TypeVar
 
 import numpy as np
@@ -16,6 +18,7 @@ from service import logs, schemas
 from service.auth import ApiKey, GatewayState
 from service.decoding import JSON, NPY
 from service.errors import ClientGone
+from service.metrics import RETIRING_CALLS
 from service.pipeline import Body, Pipeline, Result
 from service.registry import ModelVersion
 from service.state import State
@@ -68,12 +71,22 @@ def model_info(mv: ModelVersion) -> dict[str, Any]:
     }
 
 
-def json_response(doc: dict[str, Any], mv: ModelVersion) -> Response:
-    return Response(
-        orjson.dumps(doc, option=orjson.OPT_SERIALIZE_NUMPY),
-        media_type=JSON,
-        headers={"X-Model-Version": str(mv.version)},
-    )
+def version_headers(request: Request, mv: ModelVersion) -> dict[str, str]:
+    """X-Model-Version on every answer; for a retiring version also Deprecation (RFC 9745) and
+    Sunset (RFC 8594), and the caller is counted (by API key digest, bounded by the keys set)."""
+    headers = {"X-Model-Version": str(mv.version)}
+    if mv.sunset is not None:
+        headers["Deprecation"] = "true"
+        headers["Sunset"] = formatdate(mv.sunset, usegmt=True)
+        headers["Link"] = '</v1/models>; rel="deprecation"'
+        key = request.headers.get("x-api-key")
+        client = hashlib.sha256(key.encode()).hexdigest()[:8] if key else "anonymous"
+        RETIRING_CALLS.labels(mv.modality, str(mv.version), client).inc()
+    return headers
+
+
+def json_response(doc: dict[str, Any], headers: dict[str, str]) -> Response:
+    return Response(orjson.dumps(doc, option=orjson.OPT_SERIALIZE_NUMPY), media_type=JSON, headers=headers)
 
 
 async def _serve(request: Request, state: State, endpoint: str, with_probes: bool) -> Result:
@@ -111,14 +124,14 @@ async def embed(request: Request, state: GatewayState, _: ApiKey) -> Response:
     if NPY in request.headers.get("accept", ""):
         buf = io.BytesIO()
         np.save(buf, res.embeddings)  # unusable windows are NaN rows
-        headers = {"X-Model-Version": str(res.model.version), "X-Windows-Used": str(len(res.used))}
+        headers = version_headers(request, res.model) | {"X-Windows-Used": str(len(res.used))}
         return Response(buf.getvalue(), media_type=NPY, headers=headers)
     usable = set(res.used)
     doc = window_doc(res) | {
         "embeddings": [res.embeddings[w] if w in usable else None for w in range(len(res.windows))],
         "aggregate": res.mean_embedding,
     }
-    return json_response(doc, res.model)
+    return json_response(doc, version_headers(request, res.model))
 
 
 @router.post(
@@ -138,4 +151,4 @@ async def predict(request: Request, state: GatewayState, _: ApiKey) -> Response:
         "predictions": per_window,
         "aggregate": schemas.prediction(outputs, res.predictions[-1], res.model.plausibility),
     }
-    return json_response(doc, res.model)
+    return json_response(doc, version_headers(request, res.model))

@@ -22,6 +22,11 @@ router = APIRouter()
 async def models(state: GatewayState, _: ApiKey) -> dict[str, Any]:
     return {
         "models": [mv.describe() for mv in state.registry.all()],
+        "retiring": [
+            {"modality": mv.modality, "version": mv.version, "sunset": mv.sunset}
+            for versions in state.registry.retiring.values()
+            for mv in versions.values()
+        ],
         "failed": [f.as_dict() for f in state.registry.failed],
         "backend": state.backend.name,
     }
