@@ -25,7 +25,7 @@ from service.cache import Cache
 from service.registry import Registry
 from service.routes import docs, health, inference, models
 from service.settings import Settings
-from service.state import State, make_backend, make_cache, reload_models, start, watch
+from service.state import Budget, State, make_backend, make_cache, reload_models, start, watch
 
 __all__ = ["create_app", "reload_models"]
 
@@ -43,6 +43,7 @@ def lifespan_for(settings: Settings, backend: Backend | None, cache: Cache | Non
             backend=backend or make_backend(settings),
             cache=cache or make_cache(settings),
             cpu=ThreadPoolExecutor(max_workers=settings.cpu_workers, thread_name_prefix="cpu"),
+            shadow=Budget(settings.shadow_max_windows),
         )
         app.state.pulse = state
         tasks = [asyncio.create_task(start(state))]

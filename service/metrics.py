@@ -74,3 +74,23 @@ RETIRING_CALLS = Counter(
     "Answers from a version in its retirement grace period, by caller (API key digest or anonymous)",
     ["modality", "version", "client"],
 )
+ROUTED = Counter(
+    "pulsefm_routed_total",
+    "Inference answers by version and how it was chosen: current, canary (a candidate's share), pinned",
+    ["modality", "version", "route"],
+)
+SHADOW_COSINE = Histogram(
+    "pulsefm_shadow_cosine",
+    "Cosine between the answered embedding and the shadow candidate's, per window",
+    ["modality", "current", "candidate"],
+    buckets=(-0.5, 0, 0.25, 0.5, 0.7, 0.8, 0.9, 0.95, 0.98, 0.99, 0.999, 1.0),
+)
+SHADOW_DELTA = Histogram(
+    "pulsefm_shadow_prediction_delta",
+    "|candidate - current| probe output per window (target units; probabilities for classifiers)",
+    ["modality", "target"],
+    buckets=(0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1, 2, 5, 10, 20),
+)
+SHADOW_SKIPPED = Counter(
+    "pulsefm_shadow_skipped_total", "Requests not shadowed: the shadow budget was spent", ["modality"]
+)

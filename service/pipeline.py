@@ -17,6 +17,8 @@ never returned or cached.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
+import logging
 import time
 from dataclasses import dataclass
 from functools import partial
@@ -30,13 +32,24 @@ from pulsefm.quality import FLAT_LINE
 from service.cache import cache_key, decode, encode
 from service.decoding import Batch, Limits, parse_batch
 from service.errors import NonFiniteOutput, NotReady, Problem, UnknownModel
-from service.metrics import CACHE_ERRORS, SEGMENTS, STAGE_SECONDS, WINDOWS_REJECTED
+from service.metrics import (
+    CACHE_ERRORS,
+    FAILURES,
+    ROUTED,
+    SEGMENTS,
+    SHADOW_COSINE,
+    SHADOW_DELTA,
+    SHADOW_SKIPPED,
+    STAGE_SECONDS,
+    WINDOWS_REJECTED,
+)
 from service.registry import ModelVersion
 from service.signals import Prepared, preprocess
 from service.state import State
 from service.windows import NON_FINITE_OUTPUT, Windows
 
 EMBEDDING_BYTES = 4 * C.EMBED_DIM
+log = logging.getLogger("pulsefm.gateway")
 
 
 @dataclass
@@ -45,6 +58,7 @@ class Body:
     content_type: str
     shape: str | None
     query: dict[str, str]
+    client: str | None = None  # who asks (X-Client-ID, else the API key, else the address): canary stickiness
 
 
 @dataclass
@@ -84,10 +98,10 @@ class Pipeline:
         self.chunk = max(1, s.max_segments)
 
     async def run(self, body: Body, with_probes: bool = False) -> Result:
-        return await self.serve(await self.validate(body), with_probes)
+        return await self.serve(await self.validate(body), with_probes, body.client)
 
-    async def serve(self, batch: Batch, with_probes: bool = False) -> Result:
-        mv = self.resolve(batch)
+    async def serve(self, batch: Batch, with_probes: bool = False, client: str | None = None) -> Result:
+        mv = self.resolve(batch, client)
         win = batch.windows
         emb = np.full((len(win), C.EMBED_DIM), np.nan, dtype=np.float32)
         quality = Quality.empty(len(win))
@@ -101,6 +115,8 @@ class Pipeline:
         if with_probes:
             await self.probes(res)
         self.count(res)
+        if batch.model_version is None:
+            self.shadow(batch, res)
         return res
 
     async def _cpu(self, stage: str, fn: Any, *args: Any) -> Any:
@@ -115,10 +131,15 @@ class Pipeline:
         )
         return batch
 
-    def resolve(self, batch: Batch) -> ModelVersion:
+    def resolve(self, batch: Batch, client: str | None = None) -> ModelVersion:
         if not self.state.ready:
             raise NotReady("models are not loaded yet (backend unreachable?); see /readyz")
-        mv = self.state.registry.resolve(batch.modality, batch.model_version)
+        reg = self.state.registry
+        mv = reg.resolve(batch.modality, batch.model_version, client)
+        route = "pinned" if batch.model_version is not None else "current"
+        if batch.model_version is None and mv.version != reg.current(mv.modality):
+            route = "canary"
+        ROUTED.labels(mv.modality, str(mv.version), route).inc()
         SEGMENTS.labels(self.endpoint, mv.modality).inc(len(batch.windows))
         return mv
 
@@ -229,6 +250,55 @@ class Pipeline:
             res.quality.ood_score[w] = round(float(score), 3)
             if score > plaus.ood.threshold:
                 res.quality.flags[w] = [*res.quality.flags[w], OUT_OF_DISTRIBUTION]
+
+    def shadow(self, batch: Batch, res: Result) -> None:
+        """Run the shadow candidate on the same windows off the critical path (the answer does not
+        wait), within the gateway's shadow budget; record how the two versions differ."""
+        candidate = self.state.registry.candidate(res.model.modality, "shadow")
+        if candidate is None or candidate.version == res.model.version or not res.used:
+            return
+        budget = self.state.shadow
+        if not budget.take(len(res.used)):
+            SHADOW_SKIPPED.labels(res.model.modality).inc()
+            return
+        task = asyncio.ensure_future(self._shadow(candidate, batch, res))
+        task.add_done_callback(lambda t: budget.give(len(res.used)))
+        self.state.background.add(task)
+        task.add_done_callback(self.state.background.discard)
+
+    async def _shadow(self, candidate: ModelVersion, batch: Batch, res: Result) -> None:
+        try:
+            windows = dataclasses.replace(
+                batch.windows, problems={w: list(p) for w, p in batch.windows.problems.items()}
+            )
+            mirror = dataclasses.replace(batch, windows=windows)
+            emb = np.full_like(res.embeddings, np.nan)
+            quality = Quality.empty(len(windows))
+            shadow = Pipeline(self.state, "shadow")
+            for start in range(0, len(res.used), self.chunk):
+                chunk = res.used[start : start + self.chunk]
+                await shadow.embed_chunk(candidate, mirror, chunk, emb, quality)
+            both = [w for w in res.used if np.isfinite(emb[w]).all()]
+            if not both:
+                return
+            ea, eb = res.embeddings[both].astype(np.float64), emb[both].astype(np.float64)
+            norms = np.linalg.norm(ea, axis=1) * np.linalg.norm(eb, axis=1)
+            cosine = (ea * eb).sum(1) / np.maximum(norms, 1e-12)
+            labels = (candidate.modality, str(res.model.version), str(candidate.version))
+            for c in cosine:
+                SHADOW_COSINE.labels(*labels).observe(float(c))
+            targets = [o["target"] for o in candidate.outputs]
+            current_targets = [o["target"] for o in res.model.outputs]
+            if candidate.outputs and res.model.outputs:
+                pa = await self.state.backend.predict(res.model, res.embeddings[both])
+                pb = await self.state.backend.predict(candidate, emb[both])
+                for j, t in enumerate(targets):
+                    if t in current_targets:
+                        for delta in np.abs(pb[:, j] - pa[:, current_targets.index(t)]):
+                            SHADOW_DELTA.labels(candidate.modality, t).observe(float(delta))
+        except Exception:  # the shadow must never hurt the answer; count and log it
+            FAILURES.labels("shadow").inc()
+            log.exception("shadow run of %s v%d failed", candidate.modality, candidate.version)
 
     def count(self, res: Result) -> None:
         """Rejected windows by reason; drift metrics of the answered ones (service/drift.py)."""

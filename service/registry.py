@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import re
 import time
 from dataclasses import dataclass, field
@@ -24,6 +25,7 @@ from pulsefm import contract as C
 from pulsefm.plausibility import Plausibility
 from pulsefm.preprocess import PreprocessSpec, spec_for
 from pulsefm.records import Modality
+from service import rollout
 from service.errors import Gone, UnknownModel
 
 
@@ -45,6 +47,9 @@ class LoadFailure:
             "reason": self.reason,
             "detail": self.detail,
         }
+
+
+log = logging.getLogger("pulsefm.gateway")
 
 
 class BadVersion(ValueError):
@@ -260,6 +265,7 @@ class Registry:
         self.retiring: dict[str, dict[int, ModelVersion]] = {}
         self.gone: dict[str, dict[int, float]] = {}
         self.failed: list[LoadFailure] = []
+        self.rollouts: dict[str, rollout.Rollout] = {}
 
     def reload(self) -> dict[str, dict[int, ModelVersion]]:
         if not self.repo.is_dir():
@@ -273,14 +279,41 @@ class Registry:
             found.gone,
             found.failed,
         )
+        try:
+            self.rollouts = rollout.load(self.repo)
+        except ValueError:  # a damaged rollout.json must not stop serving: newest versions, logged
+            log.exception("rollout state unreadable; unpinned traffic goes to the newest versions")
+            self.rollouts = {}
         return self.models
 
-    def resolve(self, modality: str, version: int | None = None) -> ModelVersion:
+    def current(self, modality: str) -> int:
+        """The version unpinned traffic gets outside a canary: the promoted one if still served."""
+        versions = self.models[str(modality)]
+        promoted = self.rollouts.get(str(modality), rollout.Rollout()).current
+        return promoted if promoted in versions else max(versions)
+
+    def candidate(self, modality: str, mode: str) -> ModelVersion | None:
+        r = self.rollouts.get(str(modality))
+        versions = self.models.get(str(modality), {})
+        if r is None or r.mode != mode or r.candidate not in versions:
+            return None
+        return versions[r.candidate]
+
+    def resolve(self, modality: str, version: int | None = None, client: str | None = None) -> ModelVersion:
         versions = self.models.get(str(modality))
         if not versions:
             raise UnknownModel(f"no {modality} model in the repository")
         if version is None:
-            return versions[max(versions)]
+            canary = self.candidate(modality, "canary")
+            r = self.rollouts.get(str(modality))
+            if (
+                canary is not None
+                and r is not None
+                and client
+                and rollout.bucket(str(modality), client) < r.fraction
+            ):
+                return canary
+            return versions[self.current(modality)]
         if version in versions:
             return versions[version]
         retiring = self.retiring.get(str(modality), {}).get(version)

@@ -107,6 +107,10 @@ class PredictResponse(BaseModel):
 class ModelsResponse(BaseModel):
     backend: str
     models: list[dict[str, Any]]
+    rollouts: dict[str, Any] = Field(
+        default_factory=dict,
+        description="per modality: current version, canary / shadow candidate and fraction, history",
+    )
     retiring: list[dict[str, Any]] = Field(
         default_factory=list,
         description="versions that left the serving policy: answered when pinned until `sunset` (Unix s), "

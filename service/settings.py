@@ -98,6 +98,9 @@ class Settings(BaseSettings):
     admin_from_loopback: bool = Field(
         False, description="allow admin routes without a key from 127.0.0.1/::1"
     )
+    shadow_max_windows: int = Field(
+        64, description="windows a shadow candidate may have in flight; beyond, requests are not shadowed"
+    )
     retire_grace_s: float = Field(
         7 * 24 * 3600.0,
         description="a version that leaves the serving policy is still answered (to clients that pin it) for "

@@ -34,6 +34,23 @@ START_RETRY_S = 2.0
 
 
 @dataclass
+class Budget:
+    """Windows the shadow candidate may have in flight (off the critical path, so bounded)."""
+
+    limit: int
+    used: int = 0
+
+    def take(self, n: int) -> bool:
+        if self.used + n > self.limit:
+            return False
+        self.used += n
+        return True
+
+    def give(self, n: int) -> None:
+        self.used -= n
+
+
+@dataclass
 class State:
     settings: Settings
     registry: Registry
@@ -45,6 +62,7 @@ class State:
     reload_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
     inflight: int = 0  # admitted segments not yet answered
     drift: DriftMonitor = field(default_factory=DriftMonitor)
+    shadow: Budget = field(default_factory=lambda: Budget(64))
     background: set[asyncio.Task[None]] = field(default_factory=set)
 
     @contextlib.contextmanager
@@ -141,6 +159,7 @@ async def reload_models(state: State) -> list[ModelVersion]:
             fresh.gone,
             failed,
         )  # swap
+        reg.rollouts = fresh.rollouts
         MODEL_INFO.info({f"{mv.modality}_v{mv.version}": mv.encoder_sha256[:12] for mv in models})
         served = {(m.modality, m.version) for m in fresh.loadable()}
         for key in [k for k in state.batchers if k not in served]:

@@ -103,6 +103,18 @@ def notify(url: str, path: str, api_key: str | None = None) -> str:
         return f"{resp.status}"
 
 
+def hold_current(repo: Path, modality: str, existing: list[int]) -> None:
+    """Pin unpinned traffic to today's newest version (if none is promoted yet) in rollout.json."""
+    from service import rollout
+
+    states = rollout.load(repo)
+    r = states.setdefault(modality, rollout.Rollout())
+    if r.current is None and existing:
+        r.current = max(existing)
+        r.record("hold", "publish", to=r.current)
+        rollout.save(repo, states)
+
+
 def publish(
     repo: Path,
     encoder_pt: Path,
@@ -110,20 +122,30 @@ def publish(
     keep: int = C.KEEP_LATEST,
     pin: Sequence[int] | None = None,
     tensorrt: bool = False,
+    hold: bool = False,
+    gate: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """Export, validate and commit an encoder (and its probes) as the next version. Returns a summary."""
+    """Export, validate and commit an encoder (and its probes) as the next version. Returns a summary.
+
+    `hold`: unpinned traffic stays on the version it gets now (recorded as `current` in the
+    repository's rollout.json) until an admin promotes the new one (canary / shadow first).
+    `gate`: the promotion gate's decision and numbers (training/gate.py), written into the card."""
     modality = str(load_artifact(encoder_pt)["modality"])
     enc_dir = repo / C.model_name(modality, "encoder")
     probe_dir = repo / C.model_name(modality, "probes")
     staged: list[tuple[Path, dict[str, Any], Path, C.ModelContract]] = []
     try:
         enc_stage, enc_card = stage(enc_dir, lambda d: build_encoder(encoder_pt, d))
+        if gate is not None:
+            enc_card["promotion_gate"] = gate
         staged.append((enc_stage, enc_card, enc_dir, C.encoder_contract(modality)))
         if probes_json is not None:
             p_stage, p_card = stage(probe_dir, lambda d: build_probes(probes_json, d, enc_card))
             staged.append((p_stage, p_card, probe_dir, C.probes_contract(modality, len(p_card["outputs"]))))
         with repo_lock(repo):
             version = max([0, *versions(enc_dir), *versions(probe_dir)]) + 1
+            if hold:
+                hold_current(repo, modality, versions(enc_dir))
             if pin and version not in pin:
                 print(f"note: version {version} is published but not served (pinned to {list(pin)})")
             for staging, card, model_dir, _ in staged:
@@ -152,6 +174,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--keep", type=int, default=C.KEEP_LATEST, help="serve the latest K versions")
     p.add_argument("--pin", type=int, nargs="+", help="serve exactly these versions")
     p.add_argument("--tensorrt", action="store_true", help="GPU instances with the TensorRT accelerator")
+    p.add_argument(
+        "--hold",
+        action="store_true",
+        help="keep unpinned traffic on today's version until promoted (POST /v1/admin/promote)",
+    )
     p.add_argument("--triton", help="Triton HTTP URL to load the new version (explicit model control)")
     p.add_argument("--gateway", help="gateway URL to reload models (POST /v1/admin/reload)")
     p.add_argument("--api-key", default=os.environ.get("PULSEFM_ADMIN_KEY"), help="gateway admin key")
@@ -168,6 +195,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             args.keep,
             args.pin,
             args.tensorrt,
+            args.hold,
         )
     except (FileNotFoundError, ValueError, FileExistsError) as exc:
         print(f"error: {exc}", file=sys.stderr)

@@ -58,7 +58,13 @@ async def read_body(request: Request) -> Body:
     """The body (its size and arrival time are bounded by the front door, service/asgi.py)."""
     data = await request.body()
     ctype = request.headers.get("content-type", JSON)
-    return Body(data, ctype, request.headers.get("x-shape"), dict(request.query_params))
+    h = request.headers
+    client = (
+        h.get("x-client-id", "")[:128]
+        or h.get("x-api-key")
+        or (request.client.host if request.client else None)
+    )
+    return Body(data, ctype, h.get("x-shape"), dict(request.query_params), client)
 
 
 def model_info(mv: ModelVersion) -> dict[str, Any]:

@@ -1,14 +1,23 @@
-"""/v1/models (API key) and /v1/admin/reload (admin key)."""
+"""/v1/models (API key); /v1/admin/reload, /v1/admin/rollout, /v1/admin/promote, /v1/admin/rollback
+(admin key). A rollout change is one call, persisted in the repository's rollout.json and logged."""
 
 from __future__ import annotations
 
-from typing import Any
+import dataclasses
+import hashlib
+import logging
+from typing import Any, Literal, TypeVar
 
-from fastapi import APIRouter
+import msgspec
+from fastapi import APIRouter, Request
 
-from service import schemas
+from service import rollout, schemas
 from service.auth import AdminKey, ApiKey, GatewayState
-from service.state import reload_models
+from service.decoding import parse_modality
+from service.errors import Problem, UnknownModel, ValidationFailed
+from service.state import State, reload_models
+
+log = logging.getLogger("pulsefm.gateway")
 
 router = APIRouter()
 
@@ -28,6 +37,11 @@ async def models(state: GatewayState, _: ApiKey) -> dict[str, Any]:
             for mv in versions.values()
         ],
         "failed": [f.as_dict() for f in state.registry.failed],
+        "rollouts": {
+            m: {**dataclasses.asdict(r), "current": state.registry.current(m)}
+            for m, r in state.registry.rollouts.items()
+            if m in state.registry.models
+        },
         "backend": state.backend.name,
     }
 
@@ -43,3 +57,106 @@ async def reload(state: GatewayState, _: AdminKey) -> dict[str, Any]:
         "served": [{"modality": m.modality, "version": m.version} for m in models],
         "failed": [f.as_dict() for f in state.registry.failed],
     }
+
+
+class _RolloutBody(msgspec.Struct, forbid_unknown_fields=True):
+    modality: str
+    candidate: int
+    mode: Literal["canary", "shadow"]
+    fraction: float = 0.0
+
+
+class _PromoteBody(msgspec.Struct, forbid_unknown_fields=True):
+    modality: str
+    version: int | None = None
+
+
+class _RollbackBody(msgspec.Struct, forbid_unknown_fields=True):
+    modality: str
+
+
+T = TypeVar("T")
+
+
+async def _body(request: Request, kind: type[T]) -> T:
+    try:
+        return msgspec.json.decode(await request.body(), type=kind)
+    except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+        raise ValidationFailed([Problem("json", f"invalid request body: {exc}")]) from None
+
+
+def _served(state: State, modality: str, version: int) -> None:
+    served = state.registry.models.get(modality, {})
+    if version not in served:
+        raise UnknownModel(f"{modality} version {version} is not served; served: {sorted(served)}")
+
+
+def _change(state: State, request: Request, modality: str, action: str, **facts: Any) -> dict[str, Any]:
+    """Apply one rollout change: persisted in rollout.json (every replica and restart sees it),
+    logged, and answered with the modality's new state."""
+    reg = state.registry
+    r = reg.rollouts.setdefault(modality, rollout.Rollout())
+    before = reg.current(modality)
+    if action == "promote":
+        r.current, r.candidate, r.mode, r.fraction = facts["to"], None, None, 0.0
+    elif action == "rollback":
+        if r.mode is not None:
+            r.candidate, r.mode, r.fraction = None, None, 0.0
+        else:
+            previous = [h["from"] for h in r.history if h["action"] == "promote"]
+            if not previous or previous[-1] not in reg.models.get(modality, {}):
+                raise ValidationFailed(
+                    [Problem("rollback", f"{modality}: no rollout and no earlier promotion to undo")]
+                )
+            r.current = previous[-1]
+        facts["to"] = reg.current(modality)
+    else:
+        r.candidate, r.mode, r.fraction = facts["to"], action, facts.get("fraction", 0.0)
+    key = request.headers.get("x-api-key")
+    by = hashlib.sha256(key.encode()).hexdigest()[:8] if key else "loopback"
+    entry = r.record(action, by, **{"from": before, **facts})
+    rollout.save(reg.repo, reg.rollouts)
+    log.info("rollout %s %s", modality, action, extra={"fields": {"modality": modality, **entry}})
+    return {"modality": modality, **dataclasses.asdict(r), "current": reg.current(modality)}
+
+
+@router.post(
+    "/v1/admin/rollout",
+    responses=schemas.ERROR_RESPONSES,
+    summary="Canary or shadow a candidate version (admin key)",
+)
+async def start_rollout(request: Request, state: GatewayState, _: AdminKey) -> dict[str, Any]:
+    body = await _body(request, _RolloutBody)
+    modality = parse_modality(body.modality)
+    _served(state, modality, body.candidate)
+    if body.candidate == state.registry.current(modality):
+        raise ValidationFailed([Problem("candidate", f"{modality} v{body.candidate} is already current")])
+    if not (0.0 <= body.fraction <= 1.0) or (body.mode == "canary" and body.fraction == 0.0):
+        raise ValidationFailed(
+            [Problem("fraction", "fraction must be in (0, 1] for a canary, [0, 1] for a shadow")]
+        )
+    return _change(state, request, modality, body.mode, to=body.candidate, fraction=body.fraction)
+
+
+@router.post(
+    "/v1/admin/promote", responses=schemas.ERROR_RESPONSES, summary="Make a version current (admin key)"
+)
+async def promote(request: Request, state: GatewayState, _: AdminKey) -> dict[str, Any]:
+    body = await _body(request, _PromoteBody)
+    modality = parse_modality(body.modality)
+    r = state.registry.rollouts.get(modality)
+    version = body.version if body.version is not None else (r.candidate if r else None)
+    if version is None:
+        raise ValidationFailed([Problem("version", "no candidate in rollout: name the version to promote")])
+    _served(state, modality, version)
+    return _change(state, request, modality, "promote", to=version)
+
+
+@router.post(
+    "/v1/admin/rollback",
+    responses=schemas.ERROR_RESPONSES,
+    summary="Stop a rollout, or undo the last promotion (admin key)",
+)
+async def rollback(request: Request, state: GatewayState, _: AdminKey) -> dict[str, Any]:
+    body = await _body(request, _RollbackBody)
+    return _change(state, request, parse_modality(body.modality), "rollback")
