@@ -125,6 +125,7 @@ def test_publish_hold_canary_shadow_promote_rollback(repo) -> None:
 def test_a_damaged_rollout_file_does_not_stop_serving(tmp_path) -> None:
     repo = build_repo(tmp_path)
     (repo / ROLLOUT_FILE).write_text("{not json")
-    with ServerThread(create_app(settings(repo))) as server, httpx.Client(base_url=server.url, timeout=30) as c:
+    app = create_app(settings(repo))
+    with ServerThread(app) as server, httpx.Client(base_url=server.url, timeout=30) as c:
         assert c.get("/readyz").status_code == 200
         assert version_of(c) == 1

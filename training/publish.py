@@ -179,6 +179,17 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="keep unpinned traffic on today's version until promoted (POST /v1/admin/promote)",
     )
+    p.add_argument(
+        "--gate",
+        metavar="STORE",
+        help="promotion gate: compare with the current version on this held-out store (training/gate.py)",
+    )
+    p.add_argument("--tolerance", type=float, default=0.05, help="gate: allowed relative regression")
+    p.add_argument(
+        "--force", action="store_true", help="publish even if the gate refuses (recorded in the card)"
+    )
+    p.add_argument("--no-gate-real", action="store_true", help="gate: skip the real-recording benchmark")
+    p.add_argument("--gate-bootstrap", type=int, default=1000, help="gate: bootstrap resamples for the CIs")
     p.add_argument("--triton", help="Triton HTTP URL to load the new version (explicit model control)")
     p.add_argument("--gateway", help="gateway URL to reload models (POST /v1/admin/reload)")
     p.add_argument("--api-key", default=os.environ.get("PULSEFM_ADMIN_KEY"), help="gateway admin key")
@@ -187,6 +198,22 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    gate = None
+    if args.gate:
+        from training.gate import evaluate_gate, format_gate
+
+        gate = evaluate_gate(
+            Path(args.repo), Path(args.encoder), Path(args.gate), args.tolerance, not args.no_gate_real
+        )
+        print(format_gate(gate))
+        if gate["decision"] == "refused":
+            if not args.force:
+                print(
+                    "error: the promotion gate refused the candidate (--force to publish anyway)",
+                    file=sys.stderr,
+                )
+                return 3
+            gate["decision"] = "forced"
     try:
         summary = publish(
             Path(args.repo),
@@ -196,6 +223,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             args.pin,
             args.tensorrt,
             args.hold,
+            gate,
         )
     except (FileNotFoundError, ValueError, FileExistsError) as exc:
         print(f"error: {exc}", file=sys.stderr)
