@@ -45,6 +45,7 @@ def lifespan_for(settings: Settings, backend: Backend | None, cache: Cache | Non
             cpu=ThreadPoolExecutor(max_workers=settings.cpu_workers, thread_name_prefix="cpu"),
             shadow=Budget(settings.shadow_max_windows),
         )
+        state.drift.executor = state.cpu  # the effective-rank SVD off the event loop
         app.state.pulse = state
         tasks = [asyncio.create_task(start(state))]
         if settings.watch_repo_s > 0 or settings.retry_failed_s > 0:

@@ -47,7 +47,7 @@ def _load(url: str) -> None:
     """Good and bad requests of every kind the panels count, in ROUNDS a few scrapes apart
     (bounded: ~50 requests, loopback only)."""
     ecg = raw_segments("ecg", 1, 128.0)[0]
-    long = np.tile(ecg, (1, 70))  # 35 min: 70 windows, enough for the effective-rank gauge
+    long = np.tile(ecg, (1, 100))  # 50 min: 100 windows a round, enough for the effective-rank gauge
     bad = np.tile(ecg, (1, 2)).astype(np.float64)
     bad[0, 4000] = np.nan  # one of two windows unusable
     wrist = ROOT / "pulsefm" / "examples" / "ppg" / "wrist_130s.csv"  # real: flagged out of distribution
