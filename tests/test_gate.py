@@ -80,3 +80,36 @@ def test_a_regressing_candidate_is_refused_unless_forced(setup, small_store, cap
     new = max(C.versions_on_disk(repo / "ppg_encoder"))
     gate = json.loads((repo / "ppg_encoder" / str(new) / C.CARD_FILE).read_text())["promotion_gate"]
     assert gate["decision"] == "forced" and "heart_rate" in gate["regressions"]
+
+
+def test_a_folder_of_recordings_gates_on_the_real_benchmark(tmp_path, capsys) -> None:
+    """--gate with held-out recordings instead of a store: the real-recording benchmark on them."""
+    import shutil
+    from pathlib import Path
+
+    from tests.conftest import synthetic_ecg
+
+    examples = Path(__file__).resolve().parents[1] / "pulsefm" / "examples" / "ecg"
+    folder = tmp_path / "heldout"
+    shutil.copytree(examples, folder)
+    (folder / "syn.csv").write_text("\n".join(f"{v:.5f}" for v in synthetic_ecg(250.0, 70.0)))  # SYNTHETIC
+    (folder / "syn.csv.json").write_text('{"fs": 250}')
+    repo = tmp_path / "repo"
+    art = make_artifact("ecg", 0)
+    torch.save(art, tmp_path / "ecg.pt")
+    publish(repo, tmp_path / "ecg.pt")
+    argv = [
+        "--encoder",
+        str(tmp_path / "ecg.pt"),
+        "--repo",
+        str(repo),
+        "--gate",
+        str(folder),
+        "--gate-bootstrap",
+        "100",
+    ]
+    assert publish_main(argv) == 0
+    gate = json.loads((repo / "ecg_encoder" / "2" / C.CARD_FILE).read_text())["promotion_gate"]
+    assert gate["decision"] == "accepted" and gate["probes"] == [] and gate["real"]["available"]
+    assert len(gate["real"]["recordings"]) == 2 and len(gate["store_digest"]) == 16
+    assert "real: HR MAE" in capsys.readouterr().out

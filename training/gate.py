@@ -1,5 +1,7 @@
-"""The promotion gate of `pulse-fm publish --gate STORE`: the candidate against the version that
-unpinned traffic gets now, on the same held-out data, before the candidate is published.
+"""The promotion gate of `pulse-fm publish --gate STORE_OR_RECORDINGS`: the candidate against the
+version that unpinned traffic gets now, on the same held-out data, before it is published. A
+segment store (participants with labels) gets the probe comparison (and the real-recording
+benchmark); a folder of recordings gets the real-recording benchmark on those recordings.
 
     probes     every target of training.probe.TARGETS on STORE, both encoders' embeddings, the
                SAME participant split; per target the paired bootstrap improvement (candidate -
@@ -45,9 +47,17 @@ def current_version(repo: Path, modality: str) -> int | None:
 
 
 def store_digest(store: Path) -> str:
-    """sha256 (16 hex) of the store's manifest rows, participants' labels and settings: which data
-    the gate saw, cheap to recompute."""
+    """sha256 (16 hex) of the store's manifest rows, participants' labels and settings (or of the
+    recording files' bytes): which data the gate saw, cheap to recompute."""
     from training.store import SegmentStore
+
+    if not (store / "store.json").is_file():
+        from pulsefm.io import find_recordings
+
+        h = hashlib.sha256()
+        for f in [store] if store.is_file() else find_recordings(store):
+            h.update(f.name.encode() + f.read_bytes())
+        return h.hexdigest()[:16]
 
     s = SegmentStore(store)
     h = hashlib.sha256(s.manifest.to_csv(index=False).encode())
@@ -90,14 +100,19 @@ def _probe_comparison(
 
 
 def _real_comparison(
-    candidate: Encoder, current: Encoder, tolerance: float, n_boot: int, seed: int
+    candidate: Encoder,
+    current: Encoder,
+    tolerance: float,
+    n_boot: int,
+    seed: int,
+    files: list[Path] | None = None,
 ) -> dict[str, Any]:
     from training.evaluate import load_random_init_like
     from training.realbench import benchmark
 
     try:
-        a = benchmark(candidate, load_random_init_like(candidate), n_boot, seed)["features"]["ssl"]
-        b = benchmark(current, load_random_init_like(current), n_boot, seed)["features"]["ssl"]
+        a = benchmark(candidate, load_random_init_like(candidate), n_boot, seed, files)["features"]["ssl"]
+        b = benchmark(current, load_random_init_like(current), n_boot, seed, files)["features"]["ssl"]
     except (RuntimeError, OSError, KeyError, ValueError) as exc:  # files not fetchable here
         return {"available": False, "reason": f"{type(exc).__name__}: {str(exc)[:200]}"}
     return {
@@ -131,12 +146,21 @@ def evaluate_gate(
     if version is None:
         return gate | {"decision": "accepted", "reason": "nothing served yet to compare with"}
     current = load_encoder(repo / C.model_name(candidate.modality, "encoder") / str(version) / C.MODEL_FILE)
-    gate["probes"] = _probe_comparison(candidate, current, store, tolerance, test_fraction, seed, n_boot)
-    gate["real"] = (
-        _real_comparison(candidate, current, tolerance, n_boot, seed)
-        if real
-        else {"available": False, "reason": "not asked"}
-    )
+    if (store / "store.json").is_file():
+        gate["probes"] = _probe_comparison(candidate, current, store, tolerance, test_fraction, seed, n_boot)
+        gate["real"] = (
+            _real_comparison(candidate, current, tolerance, n_boot, seed)
+            if real
+            else {"available": False, "reason": "not asked"}
+        )
+    else:  # a folder (or file) of held-out recordings: the real-recording benchmark on them
+        from pulsefm.io import find_recordings
+
+        files = [store] if store.is_file() else list(find_recordings(store))
+        gate["probes"] = []
+        gate["real"] = _real_comparison(candidate, current, tolerance, n_boot, seed, files) | {
+            "recordings": [str(f) for f in files]
+        }
     regressions = [p["target"] for p in gate["probes"] if p["regression"]]
     if gate["real"].get("regression"):
         regressions.append("real-recording benchmark")

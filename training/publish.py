@@ -181,8 +181,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--gate",
-        metavar="STORE",
-        help="promotion gate: compare with the current version on this held-out store (training/gate.py)",
+        metavar="STORE_OR_RECORDINGS",
+        help="promotion gate: compare with the current version on this held-out store or recordings folder",
     )
     p.add_argument("--tolerance", type=float, default=0.05, help="gate: allowed relative regression")
     p.add_argument(

@@ -21,12 +21,14 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from functools import partial
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
 
 from pulsefm.preprocess import spec_for
+from pulsefm.records import Record
 from training.baselines import band_power
 from training.embed import Encoder, embed_batches
 
@@ -61,16 +63,33 @@ RULE = (
 def real_segments(modality: str) -> tuple[pd.DataFrame, np.ndarray, pd.DataFrame]:
     """Kept windows (overlap 50 %) of the modality's real recordings, their data, and the rejects."""
     from pulsefm.datasets import read_real
+
+    records = []
+    for name, channel in REAL_SETS[modality]:
+        rec = read_real(name)
+        records.append((name, rec.select([channel]) if channel is not None else rec))
+    return windows_of(records, modality)
+
+
+def recording_segments(files: list[Path], modality: str) -> tuple[pd.DataFrame, np.ndarray, pd.DataFrame]:
+    """The same for any recording files (e.g. a retraining job's held-out recordings)."""
+    from pulsefm.io import read_record
+    from pulsefm.pipeline import channels_for
+
+    spec = spec_for(modality)
+    return windows_of([(str(f), channels_for(read_record(f), spec)) for f in files], modality)
+
+
+def windows_of(
+    records: list[tuple[str, Record]], modality: str
+) -> tuple[pd.DataFrame, np.ndarray, pd.DataFrame]:
     from pulsefm.pipeline import process_record
 
     spec = spec_for(modality)
     rows: list[dict[str, Any]] = []
     rejected: list[dict[str, Any]] = []
     data: list[np.ndarray] = []
-    for name, channel in REAL_SETS[modality]:
-        rec = read_real(name)
-        if channel is not None:
-            rec = rec.select([channel])
+    for name, rec in records:
         segs = process_record(rec, spec, REAL_OVERLAP)
         for k, (q, t0) in enumerate(zip(segs.quality, segs.start_s, strict=True)):
             row = {
@@ -84,6 +103,8 @@ def real_segments(modality: str) -> tuple[pd.DataFrame, np.ndarray, pd.DataFrame
                 data.append(segs.data[k])
             else:
                 rejected.append({**row, "reasons": ",".join(q.reasons)})
+    if not data:
+        raise ValueError(f"no usable {modality} window in {[n for n, _ in records][:5]}")
     return pd.DataFrame(rows), np.stack(data), pd.DataFrame(rejected)
 
 
@@ -160,11 +181,18 @@ def _weighted_mean(values: np.ndarray, w: np.ndarray) -> float:
     return float((values * w).sum() / w.sum()) if w.sum() > 0 else float("nan")
 
 
-def benchmark(encoder: Encoder, baseline: Encoder, n_boot: int = N_BOOT, seed: int = 0) -> dict[str, Any]:
-    """The benchmark for one encoder (and its random-init `baseline`) on its modality's recordings."""
+def benchmark(
+    encoder: Encoder,
+    baseline: Encoder,
+    n_boot: int = N_BOOT,
+    seed: int = 0,
+    files: list[Path] | None = None,
+) -> dict[str, Any]:
+    """The benchmark for one encoder (and its random-init `baseline`) on its modality's recordings
+    (REAL_SETS, or `files`)."""
     modality = encoder.modality
     spec = spec_for(modality)
-    table, data, rejects = real_segments(modality)
+    table, data, rejects = real_segments(modality) if files is None else recording_segments(files, modality)
     rec = table["recording_id"].to_numpy().astype(str)
     start = table["start_s"].to_numpy()
     hr = table["heart_rate_bpm"].to_numpy(dtype=np.float64)
