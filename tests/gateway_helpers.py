@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import shutil
+import tempfile
 import threading
 import time
 from pathlib import Path
@@ -16,15 +18,23 @@ from tests.test_export import make_artifact, probes_doc
 from training.publish import publish
 from training.synthetic import CohortConfig, simulate_participant
 
+_BUILT: dict[int, Path] = {}  # seed -> a repository built once per test process
+
 
 def build_repo(root: Path, seed: int = 0) -> Path:
-    """ppg + ecg encoders (tiny, BatchNorm calibrated on SYNTHETIC data) with two probe heads each."""
+    """ppg + ecg encoders (tiny, BatchNorm calibrated on SYNTHETIC data) with two probe heads each,
+    published as version 1: built (export + parity checks, ~10 s) once per process and seed, then
+    copied into `root/repo`, so that each test owns its copy."""
+    if seed not in _BUILT:
+        origin = Path(tempfile.mkdtemp(prefix=f"pulsefm-test-repo-{seed}-"))
+        for mod in ("ppg", "ecg"):
+            art = make_artifact(mod, seed)
+            pt = origin / f"{mod}-{seed}.pt"
+            torch.save(art, pt)
+            publish(origin / "repo", pt, probes_doc(mod, art, origin / f"{mod}-{seed}-probes.json"))
+        _BUILT[seed] = origin / "repo"
     repo = root / "repo"
-    for mod in ("ppg", "ecg"):
-        art = make_artifact(mod, seed)
-        pt = root / f"{mod}-{seed}.pt"
-        torch.save(art, pt)
-        publish(repo, pt, probes_doc(mod, art, root / f"{mod}-{seed}-probes.json"))
+    shutil.copytree(_BUILT[seed], repo)
     return repo
 
 

@@ -33,6 +33,7 @@ def setup(tmp_path_factory):
     return root, repo
 
 
+@pytest.mark.slow  # probes twice on a store (~35 s): in `make test-slow`; the fast suite gates on recordings
 def test_an_equal_candidate_passes_and_the_card_says_why(setup, small_store, capsys) -> None:
     root, repo = setup
     argv = [
