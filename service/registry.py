@@ -288,9 +288,7 @@ class Registry:
 
     def current(self, modality: str) -> int:
         """The version unpinned traffic gets outside a canary: the promoted one if still served."""
-        versions = self.models[str(modality)]
-        promoted = self.rollouts.get(str(modality), rollout.Rollout()).current
-        return promoted if promoted in versions else max(versions)
+        return rollout.current_version(self.rollouts, modality, self.models[str(modality)])
 
     def candidate(self, modality: str, mode: str) -> ModelVersion | None:
         r = self.rollouts.get(str(modality))

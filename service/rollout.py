@@ -19,6 +19,7 @@ import json
 import os
 import tempfile
 import time
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -40,6 +41,14 @@ class Rollout:
         entry = {"at": time.time(), "action": action, "by": by, **facts}
         self.history = [*self.history, entry][-HISTORY:]
         return entry
+
+
+def current_version(rollouts: dict[str, Rollout], modality: str, served: Iterable[int]) -> int:
+    """The version unpinned traffic gets outside a canary: the promoted one if still served, else
+    the newest served (`served` must not be empty)."""
+    versions = set(served)
+    promoted = rollouts.get(str(modality), Rollout()).current
+    return promoted if promoted in versions else max(versions)
 
 
 def bucket(modality: str, client: str) -> float:

@@ -186,8 +186,9 @@ def architecture_from_card(onnx_path: Path) -> dict[str, Any]:
         encoder = card["train_config"]["encoder"]
     except (OSError, ValueError, KeyError, TypeError) as exc:
         raise ValueError(
-            f"{onnx_path}: --random-init needs the card.json that publish writes beside model.onnx "
-            f"(with train_config.encoder), or an encoder.pt ({type(exc).__name__}: {exc})"
+            f"{onnx_path}: no card.json with train_config.encoder beside it, so no architecture for a "
+            "random-init baseline (--random-init needs the card.json that publish writes beside "
+            f"model.onnx, or an encoder.pt; {type(exc).__name__}: {exc})"
         ) from None
     return {
         "encoder_config": encoder,

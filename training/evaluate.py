@@ -48,7 +48,6 @@ from training.embed import (
     embed_store,
     embedding_matrix,
     load_encoder,
-    torch_encoder,
 )
 from training.probe import (
     TARGETS,
@@ -150,22 +149,9 @@ def evaluate_modality(
 
 def load_random_init_like(encoder: Encoder, seed: int = 0) -> Encoder:
     """The same architecture with random weights (`seed`; the report uses 0); for a published
-    model.onnx the architecture comes from the card.json that `pulse-fm publish` writes beside it."""
-    path = Path(encoder.path)
-    if path.suffix != ".onnx":
-        return load_encoder(path, random_init_seed=seed)
-    card_path = path.parent / C.CARD_FILE
-    if not card_path.is_file():
-        raise ValueError(f"{path}: no card.json beside it, so no architecture for the random-init baseline")
-    card = json.loads(card_path.read_text())
-    art = {
-        "encoder_config": card["train_config"]["encoder"],
-        "modality": card["modality"],
-        "preprocess": card["preprocess"],
-    }
-    enc = torch_encoder(art, "", random_init_seed=seed)
-    enc.path = str(path)
-    return enc
+    model.onnx the architecture comes from the card.json that `pulse-fm publish` writes beside it
+    (training.embed.architecture_from_card)."""
+    return load_encoder(encoder.path, random_init_seed=seed)
 
 
 def markdown_table(results: list[dict[str, Any]]) -> str:

@@ -32,18 +32,18 @@ TOLERANCE = 0.05
 
 def current_version(repo: Path, modality: str) -> int | None:
     """What unpinned traffic gets: the promoted version in rollout.json, else the newest served."""
+    from service import rollout
     from service.registry import served_versions
-    from service.rollout import load
 
     enc_dir = repo / C.model_name(modality, "encoder")
     served = served_versions(enc_dir) if enc_dir.is_dir() else []
     if not served:
         return None
     try:
-        promoted = load(repo).get(modality)
+        rollouts = rollout.load(repo)
     except ValueError:
-        promoted = None
-    return promoted.current if promoted and promoted.current in served else max(served)
+        rollouts = {}
+    return rollout.current_version(rollouts, modality, served)
 
 
 def store_digest(store: Path) -> str:
