@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import csv
 import json
+import zipfile
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
@@ -20,6 +21,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from pulsefm import npyformat
 from pulsefm.records import Modality, Record, RecordError
 
 TIME_COLUMN_NAMES = ("time", "timestamp", "datetime", "timer", "t", "time_s", "time_ms", "seconds")
@@ -332,27 +334,26 @@ def read_numpy(path: str | Path, **overrides: Any) -> Record:
     path = Path(path)
     over = {**read_sidecar(path), **overrides}
     try:
-        loaded = np.load(path, allow_pickle=False)
-    except (ValueError, OSError, EOFError) as exc:
+        loaded = npyformat.load(path)  # not np.load: its header parser is not thread-safe
+    except (ValueError, OSError, EOFError, zipfile.BadZipFile) as exc:
         raise RecordError(path, f"not a readable NumPy file ({exc})") from exc
     chans: list[str] | None = None
     fs = over.get("fs")
-    if isinstance(loaded, np.lib.npyio.NpzFile):
-        with loaded:
-            keys = list(loaded.keys())
-            arrays = [k for k in keys if k not in ("fs", "channels") and loaded[k].ndim >= 1]
-            key = over.pop("dataset", None) or ("signal" if "signal" in keys else None)
-            if key is None:
-                if len(arrays) != 1:
-                    raise RecordError(path, f"several arrays {arrays}; pass dataset=... or name one 'signal'")
-                key = arrays[0]
-            if key not in keys:
-                raise RecordError(path, f"array {key!r} not found; arrays: {keys}")
-            arr = np.asarray(loaded[key])
-            if fs is None and "fs" in keys:
-                fs = float(loaded["fs"])
-            if "channels" in keys:
-                chans = [str(c) for c in loaded["channels"]]
+    if isinstance(loaded, dict):
+        keys = list(loaded)
+        arrays = [k for k in keys if k not in ("fs", "channels") and loaded[k].ndim >= 1]
+        key = over.pop("dataset", None) or ("signal" if "signal" in keys else None)
+        if key is None:
+            if len(arrays) != 1:
+                raise RecordError(path, f"several arrays {arrays}; pass dataset=... or name one 'signal'")
+            key = arrays[0]
+        if key not in keys:
+            raise RecordError(path, f"array {key!r} not found; arrays: {keys}")
+        arr = np.asarray(loaded[key])
+        if fs is None and "fs" in keys:
+            fs = float(loaded["fs"])
+        if "channels" in keys:
+            chans = [str(c) for c in loaded["channels"]]
     else:
         arr = np.asarray(loaded)
     if not np.issubdtype(arr.dtype, np.number):

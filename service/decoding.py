@@ -26,6 +26,7 @@ from typing import Any, Literal
 import msgspec
 import numpy as np
 
+from pulsefm import npyformat
 from pulsefm.preprocess import PreprocessSpec, spec_for
 from pulsefm.records import Modality
 from service.errors import Problem, ValidationFailed
@@ -185,15 +186,11 @@ def read_npy_header(
     """(shape, fortran order, dtype) of a .npy header, read without allocating anything; any
     parse failure is a 422 (`reason`) naming `what`."""
     try:
-        version = np.lib.format.read_magic(f)
-        if version == (1, 0):
-            shape, fortran, dtype = np.lib.format.read_array_header_1_0(f)
-        elif version == (2, 0):
-            shape, fortran, dtype = np.lib.format.read_array_header_2_0(f)
-        else:
-            raise ValueError(f"unsupported .npy format version {version}")
-    except Exception as exc:  # the header is client text: whatever numpy's parser raises is a 422
-        raise fail(reason, f"{what} is not a .npy array: {str(exc)[:200]}") from None
+        header = npyformat.read_header(f)  # not numpy's: its ast-based parser is not thread-safe
+    except ValueError as exc:  # the header is client text: any way it is unreadable is a 422
+        why = "dtype" if isinstance(exc, npyformat.UnsupportedDtype) and reason == "npy" else reason
+        raise fail(why, f"{what} is not a .npy array: {str(exc)[:200]}") from None
+    shape, fortran, dtype = header.shape, header.fortran_order, header.dtype
     return tuple(shape), bool(fortran), dtype
 
 

@@ -110,6 +110,8 @@ class Pipeline:
             chunk = usable[a : a + self.chunk]
             with self.state.admit(len(chunk)):
                 await self.embed_chunk(mv, batch, chunk, emb, quality)
+        if not win.usable():  # every window failed after the raw checks (flat in band, non-finite output)
+            raise win.unusable()
         res = Result(mv, win, emb, quality, win.usable())
         self.plausibility(res)
         if with_probes:

@@ -77,6 +77,9 @@ class _Guarded(HttpToolsProtocol):
         CONNECTIONS.set(len(self.connections))
 
     def on_message_begin(self) -> None:
+        # a request that began in the same read as the end of an early-refused one: the keep-alive
+        # timer armed at that end (on_message_complete) must not run during this request
+        self._unset_keepalive_if_required()
         super().on_message_begin()
         self._head_bytes, self._head_began_now = 0, True
         self._arm(self.header_timeout_s, "header_timeout")

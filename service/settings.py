@@ -74,7 +74,11 @@ class Settings(BaseSettings):
     header_timeout_s: float = Field(
         10.0, description="a connection whose request headers are not complete: closed"
     )
-    keepalive_timeout_s: float = Field(5.0, description="idle keep-alive connections are closed after this")
+    keepalive_timeout_s: float = Field(
+        75.0,
+        description="idle keep-alive connections are closed after this; longer than clients' own idle "
+        "expiry (httpx, Node: 5 s), else a request sent as the server closes fails with a reset",
+    )
     max_connections: int = Field(1024, description="open connections; beyond, new ones are closed at once")
     max_header_bytes: int = Field(65536, description="request line + headers; beyond: 431 and close")
     shutdown_timeout_s: float = Field(10.0, description="graceful shutdown: open connections get this long")

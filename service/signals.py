@@ -44,8 +44,8 @@ def preprocess(x: np.ndarray, fs: float, spec: PreprocessSpec, full_quality: boo
     flags: list[list[str]] = [[] for _ in range(len(x))]
     hrs: list[float | None] = [None] * len(x)
     sqis: list[float | None] = [None] * len(x)
-    if full_quality and not flat:
-        for i in range(len(x)):
+    if full_quality:
+        for i in sorted(set(range(len(x))) - set(flat)):
             q = check_segment(x64[i], fs, filtered[i], spec.fs, spec.modality)
             flags[i] = list(q.reasons)
             hrs[i] = None if not np.isfinite(q.heart_rate_bpm) else round(float(q.heart_rate_bpm), 2)

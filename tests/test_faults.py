@@ -35,6 +35,7 @@ async def _hammer(
 ) -> tuple[dict, list]:
     codes: dict[int, int] = {}
     lat: list[float] = []
+    unexpected: list[str] = []
     stop = time.perf_counter() + seconds
     headers = {"Content-Type": "application/x-npy", "Accept": "application/x-npy"}
     async with httpx.AsyncClient(
@@ -48,11 +49,14 @@ async def _hammer(
                 r = await c.post("/v1/embed", content=bodies[i % len(bodies)], headers=headers, params=params)
                 lat.append(time.perf_counter() - t0)
                 codes[r.status_code] = codes.get(r.status_code, 0) + 1
+                if r.status_code not in (200, 429):
+                    unexpected.append(f"{r.status_code} {r.text[:300]}")
                 if r.status_code == 429:
                     assert r.headers["Retry-After"]
                 i += concurrency
 
         await asyncio.gather(*(worker(k) for k in range(concurrency)))
+    assert not unexpected, unexpected[:3]
     return codes, lat
 
 

@@ -598,3 +598,14 @@ def test_overload_refusals_are_fast_and_healthz_stays_fast(repo) -> None:
     assert set(codes) <= {200, 429} and codes.get(429, 0) > 0 and codes.get(200, 0) >= 2, codes
     # generous bounds for a shared 2-core CI machine; the benchmark reports the real percentiles
     assert float(np.median(refused)) < 0.25 and max(health) < 1.0, (np.median(refused), max(health))
+
+
+def test_keepalive_outlives_the_clients_idle_expiry() -> None:
+    """With equal idle timeouts a request sent as the server closes its idle connection fails with a
+    reset; the server must keep idle connections open longer than clients do (httpx: 5 s)."""
+    from service.server import uvicorn_config
+
+    expiry = httpx.Limits().keepalive_expiry
+    assert expiry is not None
+    config = uvicorn_config(None, Settings(), "127.0.0.1", 0)
+    assert config.timeout_keep_alive >= 2 * expiry, (config.timeout_keep_alive, expiry)

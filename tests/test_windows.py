@@ -166,6 +166,28 @@ def test_no_usable_window_is_a_422_naming_every_window(client) -> None:
     assert "window 1 (recording 0, 30.0-60.0 s)" in problems[1]["detail"]
 
 
+@pytest.mark.parametrize("endpoint", ["/v1/embed", "/v1/predict"])
+def test_windows_flat_in_the_band_only_are_a_422_not_nan(client, endpoint: str) -> None:
+    """Noise of 1e-9 passes the raw checks (not constant) but has nothing left in the model's band:
+    when that is every window, the answer is the 422 naming them, never NaN embeddings."""
+    x = np.random.default_rng(0).normal(size=(1, 1, 2 * 3840)) * 1e-9
+    r = client.post(
+        endpoint, content=npy(x), headers={"Content-Type": NPY}, params={"modality": "ecg", "fs": 128}
+    )
+    assert r.status_code == 422, r.text[:300]
+    assert [(p["segment"], p["reason"]) for p in r.json()["problems"]] == [(0, "flat_line"), (1, "flat_line")]
+    x[0, 0, :3840] = REC[0, :3840]  # one good window: served, the other reported
+    r = client.post(
+        endpoint,
+        content=npy(x),
+        headers={"Content-Type": NPY},
+        params={"modality": "ecg", "fs": 128, "quality": "full"},
+    )
+    assert r.status_code == 200, r.text[:300]
+    rows = r.json()["quality"]
+    assert [q["usable"] for q in rows] == [True, False] and rows[0]["heart_rate_bpm"] is not None
+
+
 def test_a_long_recording_goes_through_in_admission_chunks(tmp_path) -> None:
     repo = build_repo(tmp_path)
     with TestClient(create_app(Settings(repo=repo, max_segments=2, max_inflight_segments=2))) as c:
