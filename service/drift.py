@@ -77,6 +77,7 @@ EFFECTIVE_RANK = Gauge(
     "pulsefm_embedding_effective_rank",
     f"Effective rank of the last {RANK_WINDOW} embeddings answered (collapse: it falls)",
     ["modality", "version"],
+    multiprocess_mode="livemostrecent",
 )
 
 

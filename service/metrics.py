@@ -1,8 +1,19 @@
-"""Prometheus metrics of the gateway (served at /metrics). Dashboards: deploy/grafana/."""
+"""Prometheus metrics of the gateway (served at /metrics). Dashboards: deploy/grafana/.
+
+With several worker processes (`pulse-fm serve --workers N`, service/workers.py) every process
+writes its values to files under PROMETHEUS_MULTIPROC_DIR and /metrics, in whichever worker
+answers, aggregates them all: counters and histograms are summed, each gauge as its
+`multiprocess_mode` says (in-flight amounts summed over live workers, flags the worst worker's).
+"""
 
 from __future__ import annotations
 
-from prometheus_client import Counter, Gauge, Histogram, Info
+import os
+from collections.abc import Iterator
+
+from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histogram, Info, generate_latest
+from prometheus_client.metrics_core import Metric
+from prometheus_client.multiprocess import MultiProcessCollector
 
 # seconds; fine at the low end for cache hits and validation
 BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0, 10.0)
@@ -30,7 +41,12 @@ FAILURES = Counter("pulsefm_request_failures_total", "Failed requests by reason"
 BATCH_SIZE = Histogram(
     "pulsefm_batch_size", "Segments per backend call", ["modality"], buckets=(1, 2, 4, 8, 16, 32, 48, 64, 128)
 )
-QUEUE_DEPTH = Gauge("pulsefm_queue_segments", "Segments waiting in the micro-batcher", ["modality"])
+QUEUE_DEPTH = Gauge(
+    "pulsefm_queue_segments",
+    "Segments waiting in the micro-batcher",
+    ["modality"],
+    multiprocess_mode="livesum",
+)
 CACHE_HITS = Counter("pulsefm_cache_hits_total", "Embedding cache hits", ["cache"])
 CACHE_MISSES = Counter("pulsefm_cache_misses_total", "Embedding cache misses", ["cache"])
 CACHE_ERRORS = Counter(
@@ -40,14 +56,20 @@ DROPPED = Counter(
     "pulsefm_dropped_segments_total", "Queued segments dropped because the client left", ["modality"]
 )
 MODEL_INFO = Info("pulsefm_model", "Served model versions")
-BACKEND_UP = Gauge("pulsefm_backend_up", "1 if the inference backend answered its last health check")
+BACKEND_UP = Gauge(
+    "pulsefm_backend_up",
+    "1 if the inference backend answered its last health check (every worker)",
+    multiprocess_mode="livemin",
+)
 ADMISSION = Counter(
     "pulsefm_admission_total",
     "Inference requests admitted or refused (429) before their body was read",
     ["outcome"],
 )
 BODY_BYTES_IN_FLIGHT = Gauge(
-    "pulsefm_body_bytes_in_flight", "Request body bytes reserved by admitted requests (all connections)"
+    "pulsefm_body_bytes_in_flight",
+    "Request body bytes reserved by admitted requests (all connections)",
+    multiprocess_mode="livesum",
 )
 MODEL_LOAD_FAILURES = Counter(
     "pulsefm_model_load_failures_total",
@@ -55,7 +77,9 @@ MODEL_LOAD_FAILURES = Counter(
     ["modality", "reason"],
 )
 MODELS_FAILED = Gauge(
-    "pulsefm_models_failed", "Model versions on disk that are not served because they failed"
+    "pulsefm_models_failed",
+    "Model versions on disk that are not served because they failed",
+    multiprocess_mode="livemax",
 )
 CACHE_BYPASSED = Counter(
     "pulsefm_cache_bypassed_total",
@@ -63,9 +87,12 @@ CACHE_BYPASSED = Counter(
     ["cache", "op"],
 )
 CACHE_BREAKER_OPEN = Gauge(
-    "pulsefm_cache_breaker_open", "1 while the cache circuit breaker is open", ["cache"]
+    "pulsefm_cache_breaker_open",
+    "1 while the cache circuit breaker is open (in any worker)",
+    ["cache"],
+    multiprocess_mode="livemax",
 )
-CONNECTIONS = Gauge("pulsefm_connections", "Open client connections")
+CONNECTIONS = Gauge("pulsefm_connections", "Open client connections", multiprocess_mode="livesum")
 CONNECTIONS_REFUSED = Counter(
     "pulsefm_connections_refused_total", "Connections closed at once or timed out", ["reason"]
 )
@@ -94,3 +121,23 @@ SHADOW_DELTA = Histogram(
 SHADOW_SKIPPED = Counter(
     "pulsefm_shadow_skipped_total", "Requests not shadowed: the shadow budget was spent", ["modality"]
 )
+
+
+class _InfoOfThisProcess:
+    """Info metrics are not kept in the multiprocess files; every worker serves the same models, so
+    the answering worker's own are the gateway's."""
+
+    def collect(self) -> Iterator[Metric]:
+        for family in REGISTRY.collect():
+            if family.type == "info":
+                yield family
+
+
+def exposition() -> bytes:
+    """The text of /metrics: this process's metrics, or all workers' with several."""
+    if not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        return bytes(generate_latest())
+    registry = CollectorRegistry()
+    MultiProcessCollector(registry)
+    registry.register(_InfoOfThisProcess())
+    return bytes(generate_latest(registry))

@@ -33,6 +33,9 @@ class Settings(BaseSettings):
     ort_spinning: bool = Field(
         False, description="let idle onnxruntime threads spin (burns a core when idle)"
     )
+    workers: int = Field(
+        1, ge=1, le=64, description="gateway processes on one socket (pulse-fm serve; one per core)"
+    )
     cpu_workers: int = Field(2, description="threads for decoding + preprocessing (their own bounded pool)")
     gil_switch_interval_ms: float = Field(
         1.0,

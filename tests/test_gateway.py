@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import io
 import json
+import os
 
 import numpy as np
 import pytest
@@ -37,7 +38,7 @@ def npy(x: np.ndarray) -> bytes:
 
 
 def test_health_ready_models(client) -> None:
-    assert client.get("/healthz").json() == {"status": "alive"}
+    assert client.get("/healthz").json() == {"status": "alive", "worker": os.getpid()}
     r = client.get("/readyz")
     assert r.status_code == 200 and r.json()["ready"]
     models = client.get("/v1/models").json()

@@ -2,19 +2,21 @@
 
 from __future__ import annotations
 
+import os
+
 from fastapi import APIRouter
 from fastapi.responses import JSONResponse, PlainTextResponse, Response
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST
 
 from service.auth import GatewayState
-from service.metrics import BACKEND_UP
+from service.metrics import BACKEND_UP, exposition
 
 router = APIRouter()
 
 
 @router.get("/healthz", summary="Liveness: the process answers")
-async def healthz() -> dict[str, str]:
-    return {"status": "alive"}
+async def healthz() -> dict[str, str | int]:
+    return {"status": "alive", "worker": os.getpid()}
 
 
 @router.get("/readyz", summary="Readiness: at least one model version loaded and warmed, backend reachable")
@@ -34,4 +36,4 @@ async def readyz(state: GatewayState) -> Response:
 
 @router.get("/metrics", summary="Prometheus metrics")
 async def metrics() -> Response:
-    return PlainTextResponse(generate_latest(), media_type=CONTENT_TYPE_LATEST)
+    return PlainTextResponse(exposition(), media_type=CONTENT_TYPE_LATEST)
