@@ -16,7 +16,7 @@ ECG_AUGMENT ?= ecg
 PPG_RUN := runs/$(PPG_AUGMENT)-$(STEPS)
 ECG_RUN := runs/$(ECG_AUGMENT)-$(STEPS)
 
-.PHONY: install run constraints pretrain model evaluate evaluate-real evaluate-select evaluate-test ablate bench test test-fast test-slow lint format type-check clean
+.PHONY: install run constraints pretrain model evaluate evaluate-real evaluate-select evaluate-test ablate bench bench-serving test test-fast test-slow lint format type-check clean
 
 $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
@@ -90,9 +90,16 @@ model: evaluate
 	$(BIN)/pulse-fm publish --encoder $(PPG_RUN)/encoder.pt --probes reports/default/probes_ppg.json --repo $(REPO)
 	$(BIN)/pulse-fm publish --encoder $(ECG_RUN)/encoder.pt --probes reports/default/probes_ecg.json --repo $(REPO)
 
-## gateway benchmarks -> benchmarks/results/gateway.json (+ RESULTS.md by hand from its tables)
+## every gateway benchmark, one after the other (~20 min): results/*.json and RESULTS.md, all from this run
 bench: install
 	$(BIN)/python -m benchmarks.gateway
+	$(BIN)/python -m benchmarks.overload
+	$(BIN)/python -m benchmarks.overload --env PULSEFM_WORKERS=2 --out benchmarks/results/overload_workers2.json
+	$(BIN)/python -m benchmarks.serving
+
+## the serving benchmark alone (wrk; installs it with apt-get when run as root): ~10 min
+bench-serving: install
+	$(BIN)/python -m benchmarks.serving
 
 ## what CI runs: lint, type-check, then the fast test suite
 test: install lint type-check

@@ -436,6 +436,10 @@ def render_markdown(doc: dict[str, Any]) -> str:
         lines += [
             "## Triton backend vs in-process (Triton 2.51, Python backend, CPU, same machine)",
             "",
+            f"Measured {doc.get('measured', {}).get('triton', 'in an earlier run')} (a section is kept "
+            "from its last run when "
+            "a later run skips it, e.g. without Triton installed).",
+            "",
             "| backend | segments/s (16 clients) | p50 ms (1 client) | p99 ms (1 client) |",
             "|---|---|---|---|",
         ]
@@ -491,8 +495,10 @@ def main(argv: list[str] | None = None) -> int:
     args.out.parent.mkdir(parents=True, exist_ok=True)
     previous = json.loads(args.out.read_text()) if args.out.is_file() else {}
     results = dict(previous.get("sections", {}))
+    measured = dict(previous.get("measured", {}))
     for name in args.only:
         results[name] = SECTIONS[name](args)
+        measured[name] = time.strftime("%Y-%m-%d", time.gmtime())
     doc = {
         "machine": {
             "platform": platform.platform(),
@@ -502,6 +508,7 @@ def main(argv: list[str] | None = None) -> int:
         "command": "python -m benchmarks.gateway " + " ".join(argv if argv is not None else sys.argv[1:]),
         "data": "SYNTHETIC segments",
         "sections": results,
+        "measured": measured,  # section -> date of its last run
     }
     args.out.write_text(json.dumps(doc, indent=2, default=float))
     md = write_results_md(args.out.parent)
@@ -510,14 +517,18 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def write_results_md(results_dir: Path) -> Path:
-    """benchmarks/RESULTS.md from the JSON of each benchmark's last run (gateway, overload)."""
+    """benchmarks/RESULTS.md from the JSON of each benchmark's last run (gateway, overload, serving)."""
+    from benchmarks import serving
     from benchmarks.overload import markdown_section
 
     parts = []
     if (results_dir / "gateway.json").is_file():
         parts.append(render_markdown(json.loads((results_dir / "gateway.json").read_text())))
-    if (results_dir / "overload.json").is_file():
-        parts.append(markdown_section(json.loads((results_dir / "overload.json").read_text())))
+    for name in ("overload.json", "overload_workers2.json"):
+        if (results_dir / name).is_file():
+            parts.append(markdown_section(json.loads((results_dir / name).read_text())))
+    if (results_dir / "serving.json").is_file():
+        parts.append(serving.markdown_section(json.loads((results_dir / "serving.json").read_text())))
     md = results_dir.parent / "RESULTS.md"
     md.write_text("\n".join(parts))
     return md

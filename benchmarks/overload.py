@@ -25,6 +25,7 @@ import asyncio
 import json
 import os
 import platform
+import re
 import sys
 import time
 import urllib.request
@@ -179,9 +180,19 @@ async def recovery(
 
 
 def _cpu_seconds(pid: int) -> float:
-    """User + system CPU seconds of a process and its threads (Linux /proc)."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    """User + system CPU seconds of a process, its threads and its live child processes (the
+    workers of `serve --workers N`; Linux /proc)."""
+    total = 0.0
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            fields = (proc / "stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(proc.name) == pid or int(fields[1]) == pid:  # fields[1]: the parent's pid
+            total += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    return total
 
 
 def gateway_pid(port: int) -> int | None:
@@ -324,8 +335,10 @@ def table(result: dict[str, Any]) -> str:
 
 def markdown_section(result: dict[str, Any]) -> str:
     s = result["setup"]
+    workers = re.search(r"PULSEFM_WORKERS=(\d+)", s["command"])
     lines = [
-        "## Overload: open loop at 1x, 2x, 4x capacity",
+        "## Overload: open loop at 1x, 2x, 4x capacity"
+        + (f", `--workers {workers.group(1)}`" if workers else ", one worker process"),
         "",
         f"Written by `{s['command'].strip()}` on {s.get('date', '?')} ({s['machine']}, {s['cpus']} CPUs, "
         f"Python {s['python']}); {s['modality']}, {s['segments_per_request']} segment(s) per .npy request, "

@@ -35,6 +35,7 @@ def cache_key(
 
 class Cache(Protocol):
     name: str
+    enabled: bool  # False: no lookup, no key hashing, no write (PULSEFM_LRU_ENTRIES=0)
 
     async def get_many(self, keys: Sequence[str]) -> list[bytes | None]: ...
     async def set_many(self, items: dict[str, bytes]) -> None: ...
@@ -53,6 +54,7 @@ class LRUCache:
 
     def __init__(self, entries: int = 10_000) -> None:
         self.entries = entries
+        self.enabled = entries > 0
         self.data: OrderedDict[str, bytes] = OrderedDict()
 
     async def get_many(self, keys: Sequence[str]) -> list[bytes | None]:
@@ -112,6 +114,7 @@ class RedisCache:
     """redis.asyncio with a hard time budget per call and a circuit breaker; errors degrade to misses."""
 
     name = "redis"
+    enabled = True
 
     def __init__(
         self,

@@ -150,6 +150,8 @@ class Pipeline:
     ) -> tuple[list[str], list[bool], np.ndarray]:
         """Cache keys per window, which were found, and what was found (validated: a stored value
         of the wrong length or with NaN is a miss, counted, and overwritten)."""
+        if not self.state.cache.enabled:
+            return [""] * len(segs), [False] * len(segs), np.empty((len(segs), C.EMBED_DIM), np.float32)
         t0 = time.perf_counter()
         name = C.model_name(mv.modality, "encoder")
         keys = [
@@ -212,7 +214,7 @@ class Pipeline:
                 continue
             emb[chunk[j]] = out[r]
             fresh[keys[j]] = encode(out[r])
-        if fresh:
+        if fresh and self.state.cache.enabled:
             await self.state.cache.set_many(fresh)
 
     async def probes(self, res: Result) -> None:

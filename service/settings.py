@@ -47,7 +47,11 @@ class Settings(BaseSettings):
     max_batch: int = C.MAX_BATCH_SIZE
     max_wait_ms: float = C.MAX_QUEUE_DELAY_US / 1000
     max_inflight_requests: int = Field(
-        32, description="inference requests admitted at once, before their body is read; beyond: 429"
+        64,
+        description="inference requests admitted at once (per worker), before their body is read; "
+        "beyond: 429. Too low and clients retrying at once turn the gateway into a 429 machine (at 32, "
+        "64 wrk clients got 85 vs 274 seg/s answered); too high and refusals and /healthz wait behind "
+        "admitted work (benchmarks/RESULTS.md)",
     )
     max_inflight_segments: int = Field(
         256, description="segments admitted at once (validated, not yet answered); beyond: 429 + Retry-After"

@@ -241,6 +241,22 @@ def test_lru_cache_hits_return_identical_embeddings(client) -> None:
     assert a["embeddings"] == b["embeddings"]
 
 
+def test_lru_entries_zero_disables_the_cache(repo) -> None:
+    """PULSEFM_LRU_ENTRIES=0: no lookup, no write (and no key hashing); answers stay the same."""
+    from service.metrics import CACHE_HITS, CACHE_MISSES
+
+    x = raw_segments("ppg", 2, 64.0, seed=4).tolist()
+    body = {"modality": "ppg", "fs": 64, "segments": x}
+    with TestClient(create_app(Settings(repo=repo, lru_entries=0))) as c:
+        before = CACHE_HITS.labels("lru")._value.get(), CACHE_MISSES.labels("lru")._value.get()
+        a, b = (c.post("/v1/embed", json=body).json() for _ in range(2))
+        after = CACHE_HITS.labels("lru")._value.get(), CACHE_MISSES.labels("lru")._value.get()
+        assert c.app.state.pulse.cache.data == {}  # type: ignore[attr-defined]
+    assert [q["cached"] for q in a["quality"] + b["quality"]] == [False] * 4
+    assert before == after  # not consulted at all
+    np.testing.assert_allclose(a["embeddings"], b["embeddings"], atol=1e-6)
+
+
 def test_client_sync_and_async(repo) -> None:
     from service.client import AsyncPulseClient, PulseClient, PulseError
     from tests.gateway_helpers import ServerThread

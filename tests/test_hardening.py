@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import io
 import json
+import re
 import socket
 import threading
 import time
@@ -316,6 +317,30 @@ def test_short_body_gets_408_then_close(strict) -> None:
     assert reply.startswith(b"HTTP/1.1 408"), reply[:200]
     assert _closed_within(s, 3.0) is not None
     s.close()
+
+
+def test_a_client_leaving_mid_body_is_client_gone_not_an_internal_error(strict) -> None:
+    """A load generator stopping (wrk at the end of its run) leaves bodies half sent: counted as
+    client_gone (499), never as a 500 with a traceback."""
+
+    def failures(reason: str) -> float:
+        text = httpx.get(strict.url + "/metrics").text
+        m = re.search(rf'pulsefm_request_failures_total\{{reason="{reason}"\}} (\S+)', text)
+        return float(m.group(1)) if m else 0.0
+
+    gone, internal = failures("client_gone"), failures("internal")
+    for _ in range(3):
+        s = socket.create_connection(("127.0.0.1", strict.port))
+        s.sendall(
+            b"POST /v1/embed?modality=ecg&fs=128 HTTP/1.1\r\nHost: x\r\nContent-Type: application/x-npy\r\n"
+            b"Content-Length: 20000\r\n\r\n" + b"\x93NUMPY" + b"\0" * 100
+        )
+        time.sleep(0.1)
+        s.close()
+    deadline = time.monotonic() + 5
+    while failures("client_gone") < gone + 3 and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert failures("client_gone") == gone + 3 and failures("internal") == internal
 
 
 def test_connection_cap_closes_extra_connections_and_recovers(strict) -> None:

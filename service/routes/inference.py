@@ -13,6 +13,7 @@ import numpy as np
 import orjson
 from fastapi import APIRouter, Request
 from fastapi.responses import Response
+from starlette.requests import ClientDisconnect
 
 from service import logs, schemas
 from service.auth import ApiKey, GatewayState
@@ -56,7 +57,10 @@ async def until_disconnect(request: Request, work: Coroutine[Any, Any, T]) -> T:
 
 async def read_body(request: Request) -> Body:
     """The body (its size and arrival time are bounded by the front door, service/asgi.py)."""
-    data = await request.body()
+    try:
+        data = await request.body()
+    except ClientDisconnect:  # left mid-body: nobody to answer, nothing went wrong here
+        raise ClientGone("client disconnected while sending its body") from None
     ctype = request.headers.get("content-type", JSON)
     h = request.headers
     client = (
