@@ -100,3 +100,73 @@ def test_dockerfile_images_are_slim_non_root_with_healthcheck() -> None:
         assert re.search(r"^USER pulse$", body, re.M), name
         assert "HEALTHCHECK" in body, name
     assert "/readyz" in final["gateway"] and "torch" not in final["gateway"]
+
+
+def _k8s_documents() -> dict[str, list[dict]]:
+    import yaml
+
+    kustomization = yaml.safe_load((ROOT / "deploy/k8s/kustomization.yaml").read_text())
+    docs: dict[str, list[dict]] = {}
+    for name in kustomization["resources"]:
+        docs[name] = [d for d in yaml.safe_load_all((ROOT / "deploy/k8s" / name).read_text()) if d]
+    return docs
+
+
+def _by_kind(kind: str) -> dict[str, dict]:
+    return {d["metadata"]["name"]: d for docs in _k8s_documents().values() for d in docs if d["kind"] == kind}
+
+
+def test_kubernetes_manifests_pass_the_api_schemas() -> None:
+    """Every resource of deploy/k8s against Kubernetes' own OpenAPI schemas (kubernetes-validate,
+    strict: unknown fields are errors), as `kubectl apply --dry-run=client` would."""
+    import kubernetes_validate
+
+    docs = _k8s_documents()
+    assert sum(len(v) for v in docs.values()) >= 10
+    for name, resources in docs.items():
+        for resource in resources:
+            try:
+                kubernetes_validate.validate(resource, "1.30", strict=True)
+            except kubernetes_validate.ValidationError as exc:
+                pytest.fail(f"deploy/k8s/{name}: {resource['kind']} {resource['metadata']['name']}: {exc}")
+    typo = {**_by_kind("Deployment")["gateway"]}
+    typo["spec"] = {**typo["spec"], "replica": 2}  # the validator does catch a misspelt field
+    with pytest.raises(kubernetes_validate.ValidationError):
+        kubernetes_validate.validate(typo, "1.30", strict=True)
+
+
+def test_kubernetes_manifests_are_wired_to_each_other_and_to_the_gateway() -> None:
+    """Selectors match pod labels, probes name the gateway's routes, env names are settings, the
+    HPA's custom metrics are the adapter's, and those come from metrics the gateway exports."""
+    from service.settings import Settings
+
+    deployments, services = _by_kind("Deployment"), _by_kind("Service")
+    for name, svc in services.items():
+        pod_labels = deployments[name]["spec"]["template"]["metadata"]["labels"]
+        assert svc["spec"]["selector"].items() <= pod_labels.items(), name
+    gw = deployments["gateway"]["spec"]["template"]["spec"]["containers"][0]
+    assert gw["livenessProbe"]["httpGet"]["path"] == "/healthz"
+    assert gw["readinessProbe"]["httpGet"]["path"] == "/readyz"
+    fields = {f"PULSEFM_{k.upper()}" for k in Settings.model_fields}
+    env = {e["name"] for e in gw["env"]}
+    assert {e for e in env if e.startswith("PULSEFM_")} <= fields, env - fields
+    assert "PROMETHEUS_MULTIPROC_DIR" in env  # several workers per pod: one metrics folder
+    assert any(e["name"] == "PULSEFM_TRITON_URL" and e["value"].startswith("triton:") for e in gw["env"])
+    assert deployments["triton"]["spec"]["template"]["spec"]["nodeSelector"]
+    pdb = _by_kind("PodDisruptionBudget")["gateway"]
+    assert (
+        pdb["spec"]["selector"]["matchLabels"].items()
+        <= deployments["gateway"]["spec"]["template"]["metadata"]["labels"].items()
+    )
+
+    import yaml
+
+    rules = yaml.safe_load(_by_kind("ConfigMap")["prometheus-adapter-rules"]["data"]["config.yaml"])["rules"]
+    served = {r["name"]["as"] for r in rules}
+    hpa = _by_kind("HorizontalPodAutoscaler")["gateway"]
+    wanted = {m["pods"]["metric"]["name"] for m in hpa["spec"]["metrics"] if m["type"] == "Pods"}
+    assert wanted and wanted <= served, wanted - served
+    exported = exported_metrics()
+    for r in rules:
+        series = re.match(r"(\w+)\{", r["seriesQuery"])
+        assert series is not None and series.group(1) in exported, r["seriesQuery"]
