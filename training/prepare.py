@@ -5,6 +5,7 @@ finished chunks are skipped.
 
     pulse-fm prepare --recordings my_ppg/ --out stores/mine --modality ppg   # or: prepare my_ppg/ ...
     pulse-fm prepare --synthetic 200 --out stores/syn200 --seed 0 --recordings-per-participant 2
+    pulse-fm prepare --synthetic 20000 --out /mnt/stores/syn20k --engine dask --address tcp://head:8786
 """
 
 from __future__ import annotations
@@ -187,7 +188,14 @@ def prepare(args: argparse.Namespace) -> SegmentStore:
     todo = [j for j in jobs if not chunk_done(out, j[0])]
     if len(todo) < len(jobs):
         print(f"resuming: {len(jobs) - len(todo)} of {len(jobs)} chunks already done")
-    results = _run_chunks(todo, args.workers, desc=f"prepare -> {out.name}")
+    if args.engine == "dask":
+        from training.cluster import run_on_dask
+
+        if not args.address:
+            raise SystemExit("error: --engine dask needs --address (the scheduler, e.g. tcp://10.0.0.5:8786)")
+        results = run_on_dask(todo, args.address, desc=f"prepare -> {out.name}")
+    else:
+        results = _run_chunks(todo, args.workers, desc=f"prepare -> {out.name}")
     errors = [e for r in results for e in r.errors]
     store = finalize(out, participants, {**info, "errors": errors})
     try:
@@ -244,6 +252,13 @@ def build_parser(p: argparse.ArgumentParser | None = None) -> argparse.ArgumentP
     p.add_argument(
         "--workers", type=int, default=max(1, min(8, os.cpu_count() or 1)), help="parallel worker processes"
     )
+    p.add_argument(
+        "--engine",
+        choices=["local", "dask"],
+        default="local",
+        help="local: a process pool on this machine (--workers); dask: the chunks on a Dask cluster",
+    )
+    p.add_argument("--address", help="with --engine dask: the scheduler's address (tcp://HOST:8786)")
     p.add_argument("--overwrite", action="store_true", help="delete an existing store at --out first")
     return p
 

@@ -1,0 +1,106 @@
+"""`prepare --engine dask` on a real local Dask cluster: a scheduler and two workers as separate
+processes on loopback. A worker killed mid-run and a driver killed mid-run both end in the store a
+single machine builds (same digest)."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from scripts.store_digest import digest
+from service.triton_local import free_port
+from training.prepare import main as prepare_main
+
+pytest.importorskip("distributed")
+COHORT = ["--synthetic", "8", "--chunk", "1", "--ppg-seconds", "70", "--ecg-seconds", "40",
+          "--recordings-per-participant", "1", "--seed", "3"]  # fmt: skip
+
+
+def _spawn(*args: str) -> subprocess.Popen[bytes]:
+    return subprocess.Popen(list(args), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+
+@pytest.fixture()
+def cluster() -> Iterator[tuple[str, list[subprocess.Popen[bytes]]]]:
+    port = free_port()
+    address = f"tcp://127.0.0.1:{port}"
+    cli = [sys.executable, "-m", "distributed.cli"]
+    scheduler = _spawn(
+        *cli[:2], f"{cli[2]}.dask_scheduler", "--host", "127.0.0.1", "--port", str(port), "--no-dashboard"
+    )
+    one_thread = ["--nthreads", "1", "--nworkers", "1", "--no-dashboard"]
+    workers = [
+        _spawn(*cli[:2], f"{cli[2]}.dask_worker", address, *one_thread, "--name", f"w{i}") for i in range(2)
+    ]
+    from distributed import Client
+
+    deadline = time.monotonic() + 60
+    while True:
+        try:
+            with Client(address, timeout=5) as c:
+                if len(c.scheduler_info()["workers"]) == 2:
+                    break
+        except OSError:
+            pass
+        if time.monotonic() > deadline:
+            raise RuntimeError("the Dask cluster did not come up")
+        time.sleep(0.5)
+    try:
+        yield address, workers
+    finally:
+        for p in [*workers, scheduler]:
+            p.kill()
+            p.wait(10)
+
+
+def _parts(store: Path) -> int:
+    return len(list((store / "parts").glob("?????.parquet"))) if (store / "parts").is_dir() else 0
+
+
+def test_a_killed_worker_and_a_killed_driver_still_give_the_single_machine_store(cluster, tmp_path) -> None:
+    address, workers = cluster
+    prepare_main([*COHORT, "--out", str(tmp_path / "local"), "--workers", "1"])
+    expected = digest(str(tmp_path / "local"))
+
+    # 1. a worker killed once the first chunk is committed: its tasks move to the other worker
+    out = tmp_path / "dask"
+    cmd = [sys.executable, "-m", "pulsefm.cli", "prepare", *COHORT, "--out", str(out)]
+    driver = subprocess.Popen([*cmd, "--engine", "dask", "--address", address], stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 120
+    while _parts(out) < 1 and time.monotonic() < deadline and driver.poll() is None:
+        time.sleep(0.05)
+    assert _parts(out) < 8, "the run ended before a worker could be killed (make the chunks longer)"
+    os.kill(workers[0].pid, signal.SIGKILL)
+    _, err = driver.communicate(timeout=180)
+    assert driver.returncode == 0, err.decode()[-2000:]
+    assert digest(str(out)) == expected
+
+    # 2. the driver killed mid-run (the surviving worker serves the rerun): resumed, same store
+    out2 = tmp_path / "dask2"
+    cmd2 = [sys.executable, "-m", "pulsefm.cli", "prepare", *COHORT, "--out", str(out2)]
+    driver = subprocess.Popen([*cmd2, "--engine", "dask", "--address", address], stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 120
+    while _parts(out2) < 2 and time.monotonic() < deadline and driver.poll() is None:
+        time.sleep(0.05)
+    driver.kill()
+    driver.wait(10)
+    done = _parts(out2)
+    assert 0 < done < 8, done
+    rerun = subprocess.run(
+        [*cmd2, "--engine", "dask", "--address", address], capture_output=True, text=True, timeout=180
+    )
+    assert rerun.returncode == 0, rerun.stderr[-2000:]
+    assert "resuming:" in rerun.stdout
+    assert digest(str(out2)) == expected
+
+
+def test_dask_engine_needs_an_address(tmp_path) -> None:
+    with pytest.raises(SystemExit, match="--address"):
+        prepare_main([*COHORT, "--out", str(tmp_path / "s"), "--engine", "dask"])
