@@ -14,7 +14,6 @@ from pathlib import Path
 
 import pytest
 
-from scripts.store_digest import digest
 from service.triton_local import free_port
 from training.prepare import main as prepare_main
 
@@ -58,6 +57,14 @@ def cluster() -> Iterator[tuple[str, list[subprocess.Popen[bytes]]]]:
         for p in [*workers, scheduler]:
             p.kill()
             p.wait(10)
+
+
+def digest(store: str) -> str:
+    """scripts/store_digest.py's output for a store (what two machines compare)."""
+    script = Path(__file__).resolve().parent.parent / "scripts" / "store_digest.py"
+    return subprocess.run(
+        [sys.executable, str(script), store], capture_output=True, text=True, check=True
+    ).stdout
 
 
 def _parts(store: Path) -> int:
