@@ -1,0 +1,121 @@
+"""Prepare throughput per worker and its scaling, for the paper-scale plan (docs/scale.md).
+
+    python -m benchmarks.prepare_scaling                  # ~3 min on 2 cores
+    python -m benchmarks.prepare_scaling --participants 32
+
+Builds the same SYNTHETIC store (participants x 1 PPG 180 s + 1 ECG 120 s recording each) with the
+local process pool at 1 and 2 workers, and on a local Dask cluster (scheduler + N worker
+processes on loopback) at 1 and 2 workers; prints segments/s per configuration and the 2-worker /
+1-worker ratio; writes benchmarks/results/prepare_scaling.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from service.triton_local import free_port
+
+ROOT = Path(__file__).resolve().parent.parent
+OUT = ROOT / "benchmarks" / "results" / "prepare_scaling.json"
+
+
+def _prepare(out: Path, participants: int, *extra: str) -> float:
+    cmd = [sys.executable, "-m", "pulsefm.cli", "prepare", "--synthetic", str(participants), "--chunk", "2",
+           "--recordings-per-participant", "1", "--out", str(out), *extra]  # fmt: skip
+    t0 = time.perf_counter()
+    subprocess.run(cmd, check=True, capture_output=True)
+    return time.perf_counter() - t0
+
+
+def _segments(out: Path) -> int:
+    info = json.loads((out / "store.json").read_text())
+    return int(sum(info["counts"]["segments"].values()))
+
+
+def _dask_cluster(workers: int) -> tuple[str, list[subprocess.Popen[bytes]]]:
+    port = free_port()
+    address = f"tcp://127.0.0.1:{port}"
+    quiet = {"stdout": subprocess.DEVNULL, "stderr": subprocess.DEVNULL}
+    scheduler = [
+        "distributed.cli.dask_scheduler",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--no-dashboard",
+    ]
+    procs = [subprocess.Popen([sys.executable, "-m", *scheduler], **quiet)]  # type: ignore[call-overload]
+    worker = ["distributed.cli.dask_worker", address, "--nthreads", "1", "--no-dashboard"]
+    for _ in range(workers):
+        procs.append(subprocess.Popen([sys.executable, "-m", *worker], **quiet))  # type: ignore[call-overload]
+    from distributed import Client
+
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        try:
+            with Client(address, timeout=5) as c:
+                if len(c.scheduler_info()["workers"]) == workers:
+                    return address, procs
+        except OSError:
+            pass
+        time.sleep(0.5)
+    raise RuntimeError("Dask cluster did not come up")
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--participants", type=int, default=16)
+    args = p.parse_args(argv)
+    tmp = Path(tempfile.mkdtemp(prefix="pulsefm-prep-"))
+    rows: list[dict[str, Any]] = []
+    for engine in ("local", "dask"):
+        for workers in (1, 2):
+            out = tmp / f"{engine}{workers}"
+            if engine == "local":
+                seconds = _prepare(out, args.participants, "--workers", str(workers))
+            else:
+                address, procs = _dask_cluster(workers)
+                try:
+                    seconds = _prepare(out, args.participants, "--engine", "dask", "--address", address)
+                finally:
+                    for proc in procs:
+                        proc.kill()
+                        proc.wait(10)
+            n = _segments(out)
+            rows.append({"engine": engine, "workers": workers, "segments": n, "seconds": round(seconds, 2),
+                         "segments_per_s": round(n / seconds, 1)})  # fmt: skip
+            print(
+                f"{engine:5s} {workers} worker(s): {n} segments in {seconds:.1f} s "
+                f"= {n / seconds:.1f} segments/s"
+            )
+            shutil.rmtree(out)
+    by = {(r["engine"], r["workers"]): r["segments_per_s"] for r in rows}
+    scaling = {e: round(by[(e, 2)] / by[(e, 1)], 2) for e in ("local", "dask")}
+    print(f"2 workers / 1 worker: local {scaling['local']}, dask {scaling['dask']}")
+    doc = {
+        "machine": f"{platform.platform()}, {os.cpu_count()} CPUs, Python {platform.python_version()}",
+        "when": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+        "participants": args.participants,
+        "data": "SYNTHETIC: 1 PPG (180 s, 4 ch) + 1 ECG (120 s) recording per participant; timing includes "
+        "interpreter start-up and finalize",
+        "rows": rows,
+        "scaling_2_over_1": scaling,
+    }
+    OUT.parent.mkdir(parents=True, exist_ok=True)
+    OUT.write_text(json.dumps(doc, indent=2))
+    print(f"wrote {OUT}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
