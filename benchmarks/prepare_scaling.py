@@ -72,6 +72,38 @@ def _dask_cluster(workers: int) -> tuple[str, list[subprocess.Popen[bytes]]]:
     raise RuntimeError("Dask cluster did not come up")
 
 
+def float16_error(tmp: Path, participants: int) -> dict[str, float]:
+    """The same store in float32 and float16 shards: sample error, and the shipped PPG encoder's
+    embeddings of the two (cosine), on every PPG segment."""
+    import numpy as np
+    import onnxruntime as ort
+
+    from pulsefm import contract as C
+    from training.store import SegmentStore
+
+    for dtype in ("float32", "float16"):
+        _prepare(tmp / dtype, participants, "--workers", "2", "--dtype", dtype)
+    a, b = SegmentStore(tmp / "float32"), SegmentStore(tmp / "float16")
+    rows = a.indices("ppg")
+    x, y = a.load(rows), b.load(rows)
+    repo = ROOT / "model_repository" / "ppg_encoder"
+    onnx = repo / str(max(C.versions_on_disk(repo))) / C.MODEL_FILE
+    sess = ort.InferenceSession(str(onnx), providers=["CPUExecutionProvider"])
+    ea, eb = (sess.run(None, {C.ENCODER_INPUT: v})[0].astype(np.float64) for v in (x, y))
+    cos = (ea * eb).sum(1) / (np.linalg.norm(ea, axis=1) * np.linalg.norm(eb, axis=1))
+    size = {
+        d: sum(p.stat().st_size for p in (tmp / d / "shards").glob("*.npy")) for d in ("float32", "float16")
+    }
+    return {
+        "segments": int(rows.size),
+        "max_abs_error": float(np.abs(x - y).max()),
+        "rms_error": float(np.sqrt(((x - y) ** 2).mean())),
+        "embedding_cosine_min": float(cos.min()),
+        "embedding_cosine_mean": float(cos.mean()),
+        "bytes_ratio": size["float16"] / size["float32"],
+    }
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--participants", type=int, default=16)
@@ -99,6 +131,8 @@ def main(argv: list[str] | None = None) -> int:
                 f"= {n / seconds:.1f} segments/s"
             )
             shutil.rmtree(out)
+    float16 = float16_error(tmp, args.participants)
+    print(f"float16 shards: {float16}")
     by = {(r["engine"], r["workers"]): r["segments_per_s"] for r in rows}
     scaling = {e: round(by[(e, 2)] / by[(e, 1)], 2) for e in ("local", "dask")}
     print(f"2 workers / 1 worker: local {scaling['local']}, dask {scaling['dask']}")
@@ -110,6 +144,7 @@ def main(argv: list[str] | None = None) -> int:
         "interpreter start-up and finalize",
         "rows": rows,
         "scaling_2_over_1": scaling,
+        "float16": float16,
     }
     OUT.parent.mkdir(parents=True, exist_ok=True)
     OUT.write_text(json.dumps(doc, indent=2))

@@ -22,7 +22,7 @@ import re
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, Any, Literal
 
 import numpy as np
 
@@ -145,3 +145,20 @@ def load(path: str | Path) -> np.ndarray | dict[str, np.ndarray]:
             name = info.filename[:-4] if info.filename.endswith(".npy") else info.filename
             out[name] = from_bytes(zf.read(info))
     return out
+
+
+def open_memmap(path: str | Path) -> np.ndarray:
+    """A read-only memory map of a .npy file (what `np.load(path, mmap_mode="r")` gives)."""
+    with Path(path).open("rb") as fh:
+        header = read_header(fh)
+    size = Path(path).stat().st_size
+    if header.nbytes != size - header.offset:
+        raise ValueError(
+            f"{Path(path).name}: header claims {header.nbytes} bytes; holds {size - header.offset}"
+        )
+    if header.nbytes == 0:
+        return np.empty(header.shape, dtype=header.dtype)
+    order: Literal["F", "C"] = "F" if header.fortran_order else "C"
+    return np.memmap(
+        Path(path), dtype=header.dtype, mode="r", offset=header.offset, shape=header.shape, order=order
+    )

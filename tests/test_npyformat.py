@@ -140,3 +140,17 @@ def test_many_threads_at_once() -> None:
 
     with ThreadPoolExecutor(8) as pool:
         assert list(pool.map(read, range(4000))) == [float(k % 16) for k in range(4000)]
+
+
+@pytest.mark.parametrize("fortran", [False, True])
+def test_open_memmap_is_np_load_with_mmap(tmp_path, fortran: bool) -> None:
+    arr = np.arange(24, dtype=np.float16).reshape(2, 3, 4)
+    arr = np.asfortranarray(arr) if fortran else arr
+    path = tmp_path / "a.npy"
+    np.save(path, arr)
+    got = npyformat.open_memmap(path)
+    assert isinstance(got, np.memmap) and got.dtype == arr.dtype
+    np.testing.assert_array_equal(got, np.load(path, mmap_mode="r"))
+    path.write_bytes(path.read_bytes()[:-2])
+    with pytest.raises(ValueError, match="holds"):
+        npyformat.open_memmap(path)

@@ -103,3 +103,23 @@ def test_split_participants_disjoint_and_deterministic() -> None:
     assert counts["train"] == 80 and counts["val"] == 10 and counts["test"] == 10
     with pytest.raises(ValueError):
         split_participants(ids, (0.5, 0.5, 0.5))
+
+
+def test_float16_shards_halve_the_bytes_and_read_back_close(tmp_path: Path) -> None:
+    """`prepare --dtype float16`: the same segments within float16's precision (z-scored values:
+    relative error <= 2**-11), shards half the size, loaded as float32; the dtype is a setting."""
+    a = _prepare(tmp_path / "f32", "--workers", "1")
+    b = _prepare(tmp_path / "f16", "--workers", "1", "--dtype", "float16")
+    pd.testing.assert_frame_equal(a.manifest, b.manifest)
+    idx = np.arange(len(a))
+    for mod in ("ppg", "ecg"):
+        rows = a.indices(mod)
+        x, y = a.load(rows), b.load(rows)
+        assert y.dtype == np.float32
+        assert np.all(np.abs(x - y) <= 2**-11 * np.abs(x) + 1e-7), mod
+    size = {k: sum(p.stat().st_size for p in (tmp_path / k / "shards").glob("*.npy")) for k in ("f32", "f16")}
+    assert 0.49 < size["f16"] / size["f32"] < 0.52, size
+    assert b.info["settings"]["dtype"] == "float16" and "dtype" not in a.info["settings"]
+    with pytest.raises(SystemExit, match="other settings"):  # resuming with another dtype is refused
+        _prepare(tmp_path / "f16", "--workers", "1")
+    assert len(idx) == len(b)

@@ -42,7 +42,13 @@ def participant_for(path: Path, root: Path) -> str:
 
 
 def _folder_chunk(
-    root: str, out: str, chunk: int, files: list[str], overrides: dict[str, Any], overlap: float
+    root: str,
+    out: str,
+    chunk: int,
+    files: list[str],
+    overrides: dict[str, Any],
+    overlap: float,
+    dtype: str = "float32",
 ) -> ChunkResult:
     records: list[Record] = []
     errors: list[str] = []
@@ -62,17 +68,17 @@ def _folder_chunk(
             records.append(rec)
         except RecordError as exc:
             errors.append(str(exc))
-    return write_chunk(Path(out), chunk, records, overlap, errors)
+    return write_chunk(Path(out), chunk, records, overlap, errors, dtype)
 
 
 def _synthetic_chunk(
-    out: str, chunk: int, indices: list[int], cfg: CohortConfig, overlap: float
+    out: str, chunk: int, indices: list[int], cfg: CohortConfig, overlap: float, dtype: str = "float32"
 ) -> ChunkResult:
     bank = NoiseBank.from_hdf5(cfg.noise_bank) if cfg.noise_bank else None
     records: list[Record] = []
     for i in indices:
         records.extend(simulate_participant(cfg, i, bank)[1])
-    return write_chunk(Path(out), chunk, records, overlap)
+    return write_chunk(Path(out), chunk, records, overlap, dtype=dtype)
 
 
 def _run_chunks(
@@ -91,6 +97,14 @@ def _run_chunks(
                     results.append(fut.result())
                     bar.update()
     return results
+
+
+def _with_dtype(settings: dict[str, Any], dtype: str) -> dict[str, Any]:
+    """The dtype joins the settings only when not the default, so that stores built before the
+    option still resume with the same settings."""
+    if dtype != "float32":
+        settings["dtype"] = dtype
+    return settings
 
 
 def _check_resume(out: Path, settings: dict[str, Any], overwrite: bool) -> bool:
@@ -138,13 +152,13 @@ def prepare(args: argparse.Namespace) -> SegmentStore:
             "specs": specs,
         }
         settings["cohort"]["noise_bank"] = args.noise_bank  # the name, not the cache path
-        done = _check_resume(out, settings, args.overwrite)
+        done = _check_resume(out, _with_dtype(settings, args.dtype), args.overwrite)
         participants = pd.DataFrame(
             [sample_participant(cfg.seed, i).labels() for i in range(cfg.n_participants)]
         )
         for c, start in enumerate(range(0, cfg.n_participants, args.chunk)):
             idx = list(range(start, min(start + args.chunk, cfg.n_participants)))
-            jobs.append((c, _synthetic_chunk, (str(out), c, idx, cfg, args.overlap)))
+            jobs.append((c, _synthetic_chunk, (str(out), c, idx, cfg, args.overlap, args.dtype)))
     else:
         folder = args.input or args.recordings_folder
         if not folder:
@@ -165,7 +179,7 @@ def prepare(args: argparse.Namespace) -> SegmentStore:
             "chunk": args.chunk,
             "specs": specs,
         }
-        done = _check_resume(out, settings, args.overwrite)
+        done = _check_resume(out, _with_dtype(settings, args.dtype), args.overwrite)
         labels = root / "participants.csv"
         if labels.is_file():
             participants = pd.read_csv(labels, dtype={"participant_id": str})
@@ -176,7 +190,15 @@ def prepare(args: argparse.Namespace) -> SegmentStore:
                 (
                     c,
                     _folder_chunk,
-                    (str(root), str(out), c, files[start : start + args.chunk], overrides, args.overlap),
+                    (
+                        str(root),
+                        str(out),
+                        c,
+                        files[start : start + args.chunk],
+                        overrides,
+                        args.overlap,
+                        args.dtype,
+                    ),
                 )
             )
     if done:
@@ -259,6 +281,12 @@ def build_parser(p: argparse.ArgumentParser | None = None) -> argparse.ArgumentP
         help="local: a process pool on this machine (--workers); dask: the chunks on a Dask cluster",
     )
     p.add_argument("--address", help="with --engine dask: the scheduler's address (tcp://HOST:8786)")
+    p.add_argument(
+        "--dtype",
+        choices=["float32", "float16"],
+        default="float32",
+        help="shard storage; float16 halves the bytes (read back as float32; error: docs/scale.md)",
+    )
     p.add_argument("--overwrite", action="store_true", help="delete an existing store at --out first")
     return p
 

@@ -6,7 +6,8 @@ STORE/
                            modality, shard, row, start_s, heart_rate_bpm, sqi, + participant labels
   rejects.parquet          segments that failed quality checks, with their reasons (no data)
   participants.parquet     participant_id + labels (age, sex, bmi, condition, ...)
-  shards/<mod>-<k>.npy     float32 (n, channels, window), opened with mmap
+  shards/<mod>-<k>.npy     float32 (or float16: `prepare --dtype float16`, half the bytes; read
+                           back as float32) (n, channels, window), memory-mapped
   parts/<k>.parquet        per-chunk manifests; a chunk is done once its part exists (resume)
 """
 
@@ -21,6 +22,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from pulsefm import npyformat
 from pulsefm.pipeline import process_record
 from pulsefm.preprocess import spec_for
 from pulsefm.records import Modality, Record
@@ -68,7 +70,12 @@ class ChunkResult:
 
 
 def write_chunk(
-    root: Path, chunk: int, records: Sequence[Record], overlap: float, errors: Sequence[str] = ()
+    root: Path,
+    chunk: int,
+    records: Sequence[Record],
+    overlap: float,
+    errors: Sequence[str] = (),
+    dtype: str = "float32",
 ) -> ChunkResult:
     """Preprocess `records`, write one shard per modality and the chunk's manifest part (last: the commit)."""
     rows: list[dict[str, Any]] = []
@@ -104,7 +111,7 @@ def write_chunk(
     (root / "shards").mkdir(exist_ok=True)
     (root / "parts").mkdir(exist_ok=True)
     for mod, segs_list in arrays.items():
-        _atomic_save_npy(root / "shards" / f"{mod}-{chunk:05d}.npy", np.stack(segs_list).astype(np.float32))
+        _atomic_save_npy(root / "shards" / f"{mod}-{chunk:05d}.npy", np.stack(segs_list).astype(dtype))
     if rejects:
         _atomic_parquet(root / "parts" / f"{chunk:05d}.rejects.parquet", pd.DataFrame(rejects))
     _atomic_parquet(root / "parts" / f"{chunk:05d}.parquet", pd.DataFrame(rows, columns=MANIFEST_COLUMNS))
@@ -200,7 +207,8 @@ class SegmentStore:
     def _shard(self, code: int) -> np.ndarray:
         name = str(self._shard_names[code])
         if name not in self._maps:
-            self._maps[name] = np.load(self.root / "shards" / f"{name}.npy", mmap_mode="r")
+            # not np.load: its header parser is not thread-safe (pulsefm/npyformat.py)
+            self._maps[name] = npyformat.open_memmap(self.root / "shards" / f"{name}.npy")
         return self._maps[name]
 
     def indices(self, modality: Modality | str) -> np.ndarray:
