@@ -343,20 +343,9 @@ def plot(doc: dict[str, Any], path: Path) -> None:
         for server, style in (("gateway", "-o"), ("gateway x2", "-s"), ("reference", "--^")):
             for kind, alpha in (("binary", 1.0), ("json", 0.5)):
                 xs = doc["clients"]
-                ax_t.plot(
-                    xs,
-                    [res[f"{model}|{server}|{kind}|{n}"]["per_s"] for n in xs],
-                    style,
-                    alpha=alpha,
-                    label=f"{server} {kind}",
-                )
-                ax_p.plot(
-                    xs,
-                    [res[f"{model}|{server}|{kind}|{n}"]["p99_ms"] for n in xs],
-                    style,
-                    alpha=alpha,
-                    label=f"{server} {kind}",
-                )
+                for ax, key in ((ax_t, "per_s"), (ax_p, "p99_ms")):
+                    ys = [res[f"{model}|{server}|{kind}|{n}"][key] for n in xs]
+                    ax.plot(xs, ys, style, alpha=alpha, label=f"{server} {kind}")
         ax_t.axhline(
             doc["engine"][model]["raw_onnxruntime"], color="k", lw=0.8, ls=":", label="raw onnxruntime"
         )

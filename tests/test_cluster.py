@@ -71,6 +71,13 @@ def _parts(store: Path) -> int:
     return len(list((store / "parts").glob("?????.parquet"))) if (store / "parts").is_dir() else 0
 
 
+def _wait_for_parts(store: Path, n: int, driver: subprocess.Popen[bytes]) -> None:
+    """Until `n` chunks are committed (or the run ends, or 120 s pass)."""
+    deadline = time.monotonic() + 120
+    while _parts(store) < n and time.monotonic() < deadline and driver.poll() is None:
+        time.sleep(0.05)
+
+
 def test_a_killed_worker_and_a_killed_driver_still_give_the_single_machine_store(cluster, tmp_path) -> None:
     address, workers = cluster
     prepare_main([*COHORT, "--out", str(tmp_path / "local"), "--workers", "1"])
@@ -80,9 +87,7 @@ def test_a_killed_worker_and_a_killed_driver_still_give_the_single_machine_store
     out = tmp_path / "dask"
     cmd = [sys.executable, "-m", "pulsefm.cli", "prepare", *COHORT, "--out", str(out)]
     driver = subprocess.Popen([*cmd, "--engine", "dask", "--address", address], stderr=subprocess.PIPE)
-    deadline = time.monotonic() + 120
-    while _parts(out) < 1 and time.monotonic() < deadline and driver.poll() is None:
-        time.sleep(0.05)
+    _wait_for_parts(out, 1, driver)
     assert _parts(out) < 8, "the run ended before a worker could be killed (make the chunks longer)"
     os.kill(workers[0].pid, signal.SIGKILL)
     _, err = driver.communicate(timeout=180)
@@ -93,9 +98,7 @@ def test_a_killed_worker_and_a_killed_driver_still_give_the_single_machine_store
     out2 = tmp_path / "dask2"
     cmd2 = [sys.executable, "-m", "pulsefm.cli", "prepare", *COHORT, "--out", str(out2)]
     driver = subprocess.Popen([*cmd2, "--engine", "dask", "--address", address], stderr=subprocess.DEVNULL)
-    deadline = time.monotonic() + 120
-    while _parts(out2) < 2 and time.monotonic() < deadline and driver.poll() is None:
-        time.sleep(0.05)
+    _wait_for_parts(out2, 2, driver)
     driver.kill()
     driver.wait(10)
     done = _parts(out2)
