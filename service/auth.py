@@ -9,6 +9,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import hmac
 from typing import Annotated
 
@@ -18,6 +19,14 @@ from fastapi.security import APIKeyHeader
 from service.errors import Forbidden, Unauthorized
 from service.settings import Settings
 from service.state import State
+
+
+def key_digest(request: Request, keyless: str) -> str:
+    """Who called, for logs and metric labels, without the key: the first 8 hex digits of its
+    sha256, or `keyless` when the request carries none."""
+    key = request.headers.get("x-api-key")
+    return hashlib.sha256(key.encode()).hexdigest()[:8] if key else keyless
+
 
 KEY_HEADER = APIKeyHeader(
     name="X-API-Key", auto_error=False, description="API key (PULSEFM_API_KEYS / PULSEFM_ADMIN_KEYS)"

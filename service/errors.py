@@ -9,6 +9,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from starlette.requests import ClientDisconnect
+
 
 @dataclass
 class Problem:
@@ -87,6 +89,7 @@ ERRORS: dict[type[BaseException], tuple[int, str]] = {
     BackendUnavailable: (503, "backend_unavailable"),
     NotReady: (503, "not_ready"),
     ClientGone: (499, "client_gone"),
+    ClientDisconnect: (499, "client_gone"),  # left while its body was being read (any route)
 }
 INTERNAL = (500, "internal")
 

@@ -4,7 +4,6 @@
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import logging
 from typing import Any, Literal, TypeVar
 
@@ -12,7 +11,7 @@ import msgspec
 from fastapi import APIRouter, Request
 
 from service import rollout, schemas
-from service.auth import AdminKey, ApiKey, GatewayState
+from service.auth import AdminKey, ApiKey, GatewayState, key_digest
 from service.decoding import parse_modality
 from service.errors import Problem, UnknownModel, ValidationFailed
 from service.state import State, reload_models
@@ -112,9 +111,7 @@ def _change(state: State, request: Request, modality: str, action: str, **facts:
         facts["to"] = reg.current(modality)
     else:
         r.candidate, r.mode, r.fraction = facts["to"], action, facts.get("fraction", 0.0)
-    key = request.headers.get("x-api-key")
-    by = hashlib.sha256(key.encode()).hexdigest()[:8] if key else "loopback"
-    entry = r.record(action, by, **{"from": before, **facts})
+    entry = r.record(action, key_digest(request, "loopback"), **{"from": before, **facts})
     rollout.save(reg.repo, reg.rollouts)
     log.info("rollout %s %s", modality, action, extra={"fields": {"modality": modality, **entry}})
     return {"modality": modality, **dataclasses.asdict(r), "current": reg.current(modality)}
