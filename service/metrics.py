@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 from collections.abc import Iterator
 
-from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histogram, Info, generate_latest
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info, generate_latest
 from prometheus_client.metrics_core import Metric
 from prometheus_client.multiprocess import MultiProcessCollector
 
@@ -128,9 +128,7 @@ class _InfoOfThisProcess:
     the answering worker's own are the gateway's."""
 
     def collect(self) -> Iterator[Metric]:
-        for family in REGISTRY.collect():
-            if family.type == "info":
-                yield family
+        return iter(MODEL_INFO.collect())
 
 
 def exposition() -> bytes:

@@ -11,12 +11,14 @@ Open http://127.0.0.1:8080/docs for the API with examples.
 from __future__ import annotations
 
 import argparse
+import socket
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 from pulsefm.cli import HelpFormatter
+from service.settings import Settings
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -39,7 +41,6 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     from service import logs
-    from service.settings import Settings
 
     args = build_parser().parse_args(argv)
     overrides: dict[str, Any] = {
@@ -54,25 +55,29 @@ def main(argv: Sequence[str] | None = None) -> int:
         if v is not None
     }
     settings = Settings(**overrides)
+    logs.configure(settings.log_format, args.log_level)
     if settings.workers > 1:
         from service import workers
 
-        logs.configure(settings.log_format, args.log_level)
-        return workers.serve(args.host, args.port, settings.workers, overrides, args.log_level)
+        return workers.serve(args.host, args.port, settings, overrides, args.log_level)
+    run_gateway(settings, args.host, args.port, args.log_level)
+    return 0
+
+
+def run_gateway(
+    settings: Settings, host: str, port: int, log_level: str, sock: socket.socket | None = None
+) -> None:
+    """One gateway process: the app under uvicorn, on `sock` (a worker's, service/workers.py) or
+    on a socket uvicorn binds. Imports the app, and with it the metrics, only here: a supervisor
+    never does, its workers do after PROMETHEUS_MULTIPROC_DIR is set."""
     import uvicorn
 
-    from service.app import create_app  # (imports the metrics: after the workers' branch)
+    from service.app import create_app
     from service.server import uvicorn_config
 
-    logs.configure(settings.log_format, args.log_level)
-    sys.setswitchinterval(
-        settings.gil_switch_interval_ms / 1000
-    )  # the whole process: set here, not in the app
-    config = uvicorn_config(
-        create_app(settings), settings, args.host, args.port, log_level=args.log_level, log_config=None
-    )
-    uvicorn.Server(config).run()
-    return 0
+    sys.setswitchinterval(settings.gil_switch_interval_ms / 1000)  # the whole process: not in the app
+    config = uvicorn_config(create_app(settings), settings, host, port, log_level=log_level, log_config=None)
+    uvicorn.Server(config).run(sockets=[sock] if sock is not None else None)
 
 
 if __name__ == "__main__":

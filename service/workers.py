@@ -26,13 +26,14 @@ import os
 import shutil
 import signal
 import socket
-import sys
 import tempfile
 import time
 from dataclasses import dataclass, field
 from multiprocessing.process import BaseProcess
 from pathlib import Path
 from typing import Any
+
+from service.settings import Settings
 
 log = logging.getLogger("pulsefm.gateway")
 RESTART_BACKOFF_S = 1.0
@@ -49,20 +50,14 @@ def bind(host: str, port: int) -> socket.socket:
 
 
 def run_worker(host: str, port: int, overrides: dict[str, Any], log_level: str) -> None:
-    """One worker: the gateway app under uvicorn on its own SO_REUSEPORT socket."""
-    import uvicorn
-
+    """One worker: the gateway on its own SO_REUSEPORT socket (uvicorn listens on it after the
+    lifespan, so no connection waits for the models)."""
     from service import logs
-    from service.app import create_app
-    from service.server import uvicorn_config
-    from service.settings import Settings
+    from service.serve import run_gateway
 
     settings = Settings(**overrides)
     logs.configure(settings.log_format, log_level)
-    sys.setswitchinterval(settings.gil_switch_interval_ms / 1000)
-    sock = bind(host, port)  # uvicorn listens after the lifespan: no connection waits for the models
-    config = uvicorn_config(create_app(settings), settings, host, port, log_level=log_level, log_config=None)
-    uvicorn.Server(config).run(sockets=[sock])
+    run_gateway(settings, host, port, log_level, bind(host, port))
 
 
 @dataclass
@@ -73,9 +68,7 @@ class Supervisor:
     overrides: dict[str, Any]
     log_level: str
     shutdown_timeout_s: float
-    metrics_dir: Path
     procs: list[BaseProcess | None] = field(default_factory=list)
-    restarts: int = 0
     stopping: bool = False
 
     def start(self, slot: int) -> None:
@@ -104,7 +97,6 @@ class Supervisor:
                 wait = RESTART_BACKOFF_S - (time.monotonic() - last_start[slot])
                 if wait > 0:
                     time.sleep(wait)
-                self.restarts += 1
                 self.start(slot)
                 last_start[slot] = time.monotonic()
         self.stop()
@@ -145,14 +137,14 @@ def metrics_folder() -> tuple[Path, bool]:
     return path, not given
 
 
-def serve(host: str, port: int, workers: int, overrides: dict[str, Any], log_level: str) -> int:
-    from service.settings import Settings
-
-    settings = Settings(**overrides)  # fail here, once, on a bad setting
+def serve(host: str, port: int, settings: Settings, overrides: dict[str, Any], log_level: str) -> int:
+    """Supervise `settings.workers` workers; each builds its settings from `overrides` (and the
+    environment it inherits), as `settings` was."""
     metrics_dir, created = metrics_folder()
     reserved = bind(host, port)  # never listens: holds the port, receives no connection
     port = reserved.getsockname()[1]
-    sup = Supervisor(host, port, workers, overrides, log_level, settings.shutdown_timeout_s, metrics_dir)
+    workers = settings.workers
+    sup = Supervisor(host, port, workers, overrides, log_level, settings.shutdown_timeout_s)
 
     def stop(signum: int, frame: Any) -> None:
         sup.stopping = True
