@@ -51,6 +51,14 @@ class NpyHeader:
     def nbytes(self) -> int:
         return math.prod(self.shape) * self.dtype.itemsize
 
+    def check_holds(self, data_bytes: int, what: str = "the file") -> None:
+        """ValueError unless the `data_bytes` after the header are exactly what it claims."""
+        if self.nbytes != data_bytes:
+            raise ValueError(
+                f"header says shape {self.shape} of {self.dtype} ({self.nbytes} bytes); "
+                f"{what} holds {data_bytes}"
+            )
+
 
 def parse_header_text(text: str) -> tuple[tuple[int, ...], bool, np.dtype[Any]]:
     """(shape, fortran_order, dtype) of a header dict's text; ValueError if it is not one."""
@@ -115,19 +123,20 @@ def read_header(f: IO[bytes]) -> NpyHeader:
     return NpyHeader(shape, fortran, dtype, len(magic) + size_bytes + length)
 
 
+def view(data: bytes, header: NpyHeader, what: str = "the file") -> np.ndarray:
+    """The array of `data`, a whole .npy file whose header is `header` (a read-only view when the
+    dtype allows); the header's claim must match the bytes held exactly."""
+    header.check_holds(len(data) - header.offset, what)
+    arr = np.frombuffer(data, dtype=header.dtype, count=math.prod(header.shape), offset=header.offset)
+    return arr.reshape(header.shape, order="F" if header.fortran_order else "C")
+
+
 def from_bytes(data: bytes) -> np.ndarray:
-    """The array of a .npy file's bytes (a read-only view when the dtype allows); the header's
-    claim must match the bytes held exactly."""
+    """The array of a .npy file's bytes."""
     header = read_header(io.BytesIO(data))
     if header.dtype.hasobject:
         raise ValueError("object arrays are not read (they would need pickle)")
-    if header.nbytes != len(data) - header.offset:
-        raise ValueError(
-            f"header says shape {header.shape} of {header.dtype} ({header.nbytes} bytes); "
-            f"the file holds {len(data) - header.offset}"
-        )
-    arr = np.frombuffer(data, dtype=header.dtype, count=math.prod(header.shape), offset=header.offset)
-    return arr.reshape(header.shape, order="F" if header.fortran_order else "C")
+    return view(data, header)
 
 
 def load(path: str | Path) -> np.ndarray | dict[str, np.ndarray]:
@@ -151,11 +160,7 @@ def open_memmap(path: str | Path) -> np.ndarray:
     """A read-only memory map of a .npy file (what `np.load(path, mmap_mode="r")` gives)."""
     with Path(path).open("rb") as fh:
         header = read_header(fh)
-    size = Path(path).stat().st_size
-    if header.nbytes != size - header.offset:
-        raise ValueError(
-            f"{Path(path).name}: header claims {header.nbytes} bytes; holds {size - header.offset}"
-        )
+    header.check_holds(Path(path).stat().st_size - header.offset, Path(path).name)
     if header.nbytes == 0:
         return np.empty(header.shape, dtype=header.dtype)
     order: Literal["F", "C"] = "F" if header.fortran_order else "C"

@@ -180,36 +180,25 @@ def _check_shape(shape: tuple[int, ...], source: str) -> None:
         )
 
 
-def read_npy_header(
-    f: Any, reason: str = "npy", what: str = "body"
-) -> tuple[tuple[int, ...], bool, np.dtype[Any]]:
-    """(shape, fortran order, dtype) of a .npy header, read without allocating anything; any
-    parse failure is a 422 (`reason`) naming `what`."""
+def read_npy_header(f: Any, reason: str = "npy", what: str = "body") -> npyformat.NpyHeader:
+    """A .npy header, read without allocating anything; any parse failure is a 422 (`reason`)
+    naming `what`."""
     try:
-        header = npyformat.read_header(f)  # not numpy's: its ast-based parser is not thread-safe
+        return npyformat.read_header(f)  # not numpy's: its ast-based parser is not thread-safe
     except ValueError as exc:  # the header is client text: any way it is unreadable is a 422
         why = "dtype" if isinstance(exc, npyformat.UnsupportedDtype) and reason == "npy" else reason
         raise fail(why, f"{what} is not a .npy array: {str(exc)[:200]}") from None
-    shape, fortran, dtype = header.shape, header.fortran_order, header.dtype
-    return tuple(shape), bool(fortran), dtype
 
 
 def decode_npy(body: bytes) -> np.ndarray:
     """A .npy body -> array view, its header checked against the body before anything is allocated."""
-    f = io.BytesIO(body)
-    shape, fortran, dtype = read_npy_header(f)
-    _check_float_dtype(dtype)
-    _check_shape(tuple(shape), ".npy header")
-    count = math.prod(shape)
-    offset = f.tell()
-    if count * dtype.itemsize != len(body) - offset:
-        raise fail(
-            "npy",
-            f".npy header says shape {tuple(shape)} of {dtype} ({count * dtype.itemsize} bytes); "
-            f"the body holds {len(body) - offset}",
-        )
-    arr = np.frombuffer(body, dtype=dtype, count=count, offset=offset)
-    return arr.reshape(shape, order="F" if fortran else "C")
+    header = read_npy_header(io.BytesIO(body))
+    _check_float_dtype(header.dtype)
+    _check_shape(header.shape, ".npy header")
+    try:
+        return npyformat.view(body, header, "the body")
+    except ValueError as exc:  # the header claims other bytes than the body holds
+        raise fail("npy", f".npy {exc}") from None
 
 
 _SHAPE = re.compile(r"\s*\d{1,10}\s*(?:,\s*\d{1,10}\s*){0,2}")

@@ -127,14 +127,11 @@ def _npy_header_fits(fh: Any, size: int, name: str) -> None:
     """A .npy header's shape x itemsize must be what the file holds (numpy would allocate the claim)."""
     from service.decoding import read_npy_header
 
-    shape, _, dtype = read_npy_header(fh, "file", name)
-    header = fh.tell()
-    claimed = int(np.prod(shape, dtype=object)) * dtype.itemsize
-    if claimed != size - header:
-        raise fail(
-            "file",
-            f"{name}: header says shape {tuple(shape)} of {dtype} ({claimed} bytes); holds {size - header}",
-        )
+    header = read_npy_header(fh, "file", name)
+    try:
+        header.check_holds(size - header.offset)
+    except ValueError as exc:
+        raise fail("file", f"{name}: {exc}") from None
 
 
 def _check_unpacked(path: Path, suffix: str, max_bytes: int) -> None:
