@@ -23,7 +23,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from service.triton_local import free_port
+from training.cluster import local_cluster
 
 ROOT = Path(__file__).resolve().parent.parent
 OUT = ROOT / "benchmarks" / "results" / "prepare_scaling.json"
@@ -40,36 +40,6 @@ def _prepare(out: Path, participants: int, *extra: str) -> float:
 def _segments(out: Path) -> int:
     info = json.loads((out / "store.json").read_text())
     return int(sum(info["counts"]["segments"].values()))
-
-
-def _dask_cluster(workers: int) -> tuple[str, list[subprocess.Popen[bytes]]]:
-    port = free_port()
-    address = f"tcp://127.0.0.1:{port}"
-    quiet = {"stdout": subprocess.DEVNULL, "stderr": subprocess.DEVNULL}
-    scheduler = [
-        "distributed.cli.dask_scheduler",
-        "--host",
-        "127.0.0.1",
-        "--port",
-        str(port),
-        "--no-dashboard",
-    ]
-    procs = [subprocess.Popen([sys.executable, "-m", *scheduler], **quiet)]  # type: ignore[call-overload]
-    worker = ["distributed.cli.dask_worker", address, "--nthreads", "1", "--no-dashboard"]
-    for _ in range(workers):
-        procs.append(subprocess.Popen([sys.executable, "-m", *worker], **quiet))  # type: ignore[call-overload]
-    from distributed import Client
-
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        try:
-            with Client(address, timeout=5) as c:
-                if len(c.scheduler_info()["workers"]) == workers:
-                    return address, procs
-        except OSError:
-            pass
-        time.sleep(0.5)
-    raise RuntimeError("Dask cluster did not come up")
 
 
 def float16_error(tmp: Path, participants: int) -> dict[str, float]:
@@ -116,13 +86,8 @@ def main(argv: list[str] | None = None) -> int:
             if engine == "local":
                 seconds = _prepare(out, args.participants, "--workers", str(workers))
             else:
-                address, procs = _dask_cluster(workers)
-                try:
+                with local_cluster(workers) as (address, _):
                     seconds = _prepare(out, args.participants, "--engine", "dask", "--address", address)
-                finally:
-                    for proc in procs:
-                        proc.kill()
-                        proc.wait(10)
             n = _segments(out)
             rows.append({"engine": engine, "workers": workers, "segments": n, "seconds": round(seconds, 2),
                          "segments_per_s": round(n / seconds, 1)})  # fmt: skip

@@ -14,7 +14,6 @@ from pathlib import Path
 
 import pytest
 
-from service.triton_local import free_port
 from training.prepare import main as prepare_main
 
 pytest.importorskip("distributed")
@@ -22,41 +21,12 @@ COHORT = ["--synthetic", "8", "--chunk", "1", "--ppg-seconds", "70", "--ecg-seco
           "--recordings-per-participant", "1", "--seed", "3"]  # fmt: skip
 
 
-def _spawn(*args: str) -> subprocess.Popen[bytes]:
-    return subprocess.Popen(list(args), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-
-
 @pytest.fixture()
 def cluster() -> Iterator[tuple[str, list[subprocess.Popen[bytes]]]]:
-    port = free_port()
-    address = f"tcp://127.0.0.1:{port}"
-    cli = [sys.executable, "-m", "distributed.cli"]
-    scheduler = _spawn(
-        *cli[:2], f"{cli[2]}.dask_scheduler", "--host", "127.0.0.1", "--port", str(port), "--no-dashboard"
-    )
-    one_thread = ["--nthreads", "1", "--nworkers", "1", "--no-dashboard"]
-    workers = [
-        _spawn(*cli[:2], f"{cli[2]}.dask_worker", address, *one_thread, "--name", f"w{i}") for i in range(2)
-    ]
-    from distributed import Client
+    from training.cluster import local_cluster
 
-    deadline = time.monotonic() + 60
-    while True:
-        try:
-            with Client(address, timeout=5) as c:
-                if len(c.scheduler_info()["workers"]) == 2:
-                    break
-        except OSError:
-            pass
-        if time.monotonic() > deadline:
-            raise RuntimeError("the Dask cluster did not come up")
-        time.sleep(0.5)
-    try:
+    with local_cluster(2) as (address, workers):
         yield address, workers
-    finally:
-        for p in [*workers, scheduler]:
-            p.kill()
-            p.wait(10)
 
 
 def digest(store: str) -> str:

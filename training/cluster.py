@@ -16,7 +16,14 @@ Every worker must see the store path (a shared file system here; object storage 
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import json
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
 from typing import Any
 
 from tqdm import tqdm
@@ -50,3 +57,43 @@ def run_on_dask(jobs: list[Job], address: str, desc: str, timeout_s: float = 30.
                 results.append(fut.result())
                 bar.update()
     return results
+
+
+@contextmanager
+def local_cluster(
+    workers: int, timeout_s: float = 60.0
+) -> Iterator[tuple[str, list[subprocess.Popen[bytes]]]]:
+    """A Dask scheduler and `workers` one-thread worker processes on loopback, as separate
+    processes (tests, benchmarks, one big machine): yields (scheduler address, worker processes),
+    once every worker has joined; all are killed at exit."""
+    from distributed import Client
+
+    folder = Path(tempfile.mkdtemp(prefix="pulsefm-dask-"))
+    sched_file = str(folder / "scheduler.json")
+
+    def spawn(*args: str) -> subprocess.Popen[bytes]:
+        cmd = [sys.executable, "-m", *args, "--no-dashboard", "--scheduler-file", sched_file]
+        return subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+    scheduler = spawn("distributed.cli.dask_scheduler", "--host", "127.0.0.1", "--port", "0")
+    procs = [
+        spawn("distributed.cli.dask_worker", "--nthreads", "1", "--name", f"w{i}") for i in range(workers)
+    ]
+    try:
+        deadline = time.monotonic() + timeout_s
+        while True:
+            try:
+                address = str(json.loads(Path(sched_file).read_text())["address"])
+                with Client(address, timeout=5) as client:
+                    if len(client.scheduler_info()["workers"]) == workers:
+                        break
+            except (OSError, ValueError, KeyError):  # not written yet, or not up yet
+                pass
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"the local Dask cluster did not come up within {timeout_s:g} s")
+            time.sleep(0.3)
+        yield address, procs
+    finally:
+        for proc in [*procs, scheduler]:
+            proc.kill()
+            proc.wait(10)
