@@ -16,6 +16,7 @@ compressed file (.zip, .npz, .h5, .parquet) may not unpack to more than `max_dec
 
 from __future__ import annotations
 
+import re
 import tempfile
 import zipfile
 from dataclasses import dataclass, field
@@ -220,13 +221,19 @@ def read_upload(up: Upload, spec: PreprocessSpec, max_decoded_bytes: int) -> tup
             rec = read_record(path, **overrides)
             rec = channels_for(rec, spec, up.fields.get("channels"))
         except RecordError as exc:
-            raise fail(_reason(exc.problem), f"{up.filename[:80]}: {exc.problem}") from None
+            problem = _without_folder(exc.problem, tmp, up.filename)
+            raise fail(_reason(problem), f"{up.filename[:80]}: {problem}") from None
         except ValidationFailed:
             raise
         except Exception as exc:  # a reader's library failing on a hostile file is the file's problem
-            detail = f"{type(exc).__name__}: {str(exc)[:200]}"
+            detail = _without_folder(f"{type(exc).__name__}: {str(exc)[:200]}", tmp, up.filename)
             raise fail("file", f"{up.filename[:80]}: not readable ({detail})") from None
     return rec.signal, rec.fs
+
+
+def _without_folder(message: str, tmp: str, filename: str) -> str:
+    """A reader's message names the server's temporary copy; the client knows only its file name."""
+    return re.sub(re.escape(tmp) + r"[^\s:;,)'\"]*", filename[:80], message)
 
 
 def _reason(problem: str) -> str:

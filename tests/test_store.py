@@ -95,6 +95,34 @@ def test_store_from_real_files_loads(real, tmp_path: Path, capsys: pytest.Captur
     assert store.load(store.indices("ecg")).shape == (11, 1, 3840)
 
 
+def test_files_with_more_channels_or_arrays_than_the_model_takes(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A file prepare cannot use as it is (6 PPG channels, an HDF5 of two arrays) is reported and
+    skipped, never the end of the run; --channels / --dataset make it usable."""
+    import h5py
+
+    t = np.arange(65 * 64) / 64
+    ppg = np.sin(2 * np.pi * 1.2 * t) + 0.1 * np.sin(2 * np.pi * 0.25 * t)
+    root = tmp_path / "recordings" / "p1"
+    root.mkdir(parents=True)
+    np.savetxt(root / "six.csv", np.stack([ppg] * 6, 1), delimiter=",", header="a,b,c,d,e,f", comments="")
+    np.savetxt(root / "named.csv", np.stack([ppg, ppg, ppg, ppg, ppg], 1), delimiter=",",
+               header="acc_x,green,red,ir,temp", comments="")  # fmt: skip
+    with h5py.File(root / "two.h5", "w") as h:
+        h["x"], h["y"] = ppg, ppg
+    base = [str(root.parent), "--modality", "ppg", "--fs", "64", "--workers", "1"]
+    prepare_main([*base, "--out", str(tmp_path / "a")])
+    err = capsys.readouterr().err
+    assert "six.csv: 6 channels" in err and "--channels" in err, err
+    assert "two.h5: several datasets" in err and "--dataset" in err, err
+    assert len(SegmentStore(tmp_path / "a").indices("ppg")) == 1  # named.csv: green, red, ir
+    prepare_main([*base, "--out", str(tmp_path / "b"), "--channels", "0,1", "--dataset", "x"])
+    err = capsys.readouterr().err
+    assert "six.csv" not in err and "named.csv" not in err and "two.h5: channels" in err, err
+    assert len(SegmentStore(tmp_path / "b").indices("ppg")) == 2
+
+
 def test_split_participants_disjoint_and_deterministic() -> None:
     ids = [f"p{i}" for i in range(100)]
     s1 = split_participants(ids, seed=1)

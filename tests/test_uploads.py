@@ -150,6 +150,7 @@ def test_predict_takes_an_upload_and_a_real_file(client) -> None:
         ("rec.csv", b"\xff\xfe\x00garbage", {"fs": "500"}, "file", "rec.csv"),
         ("rec.csv", "\n".join(f"{v:.5f}" for v in ECG_500[:5000]).encode(), {"fs": "500"}, "too_short", "30"),
         ("rec.edf", b"0       garbage edf", {}, "file", "EDF"),
+        ("rec.edf", b"0       garbage" * 100, {}, "file", "rec.edf"),  # pyedflib names its path
         ("rec.h5", b"\x89HDF\r\n\x1a\n broken", {}, "file", "HDF5"),
         ("rec.zip", b"PK\x03\x04 broken", {}, "file", "archive"),
         ("rec.npz", b"PK\x03\x04 broken", {}, "file", "archive"),
@@ -162,6 +163,8 @@ def test_file_problems_are_named(client, filename, data, fields, reason, says) -
     assert r.status_code == 422, r.text
     problem = r.json()["problems"][0]
     assert problem["reason"] == reason and says in problem["detail"], problem
+    # the reader's message names the client's file, never the server's temporary copy
+    assert "pulsefm-upload" not in r.text and "/tmp" not in r.text, problem
 
 
 def test_a_zip_bomb_is_refused_before_unpacking(client) -> None:

@@ -28,7 +28,8 @@ from tqdm import tqdm
 from pulsefm.cli import HelpFormatter
 from pulsefm.datasets import fetch
 from pulsefm.io import find_recordings, read_record
-from pulsefm.preprocess import SPECS
+from pulsefm.pipeline import channels_for
+from pulsefm.preprocess import SPECS, spec_for
 from pulsefm.records import Record, RecordError
 from training.parallel import process_pool
 from training.store import FORMAT, ChunkResult, SegmentStore, chunk_done, finalize, write_chunk, write_info
@@ -52,6 +53,8 @@ def _folder_chunk(
 ) -> ChunkResult:
     records: list[Record] = []
     errors: list[str] = []
+    channels = overrides.get("channels")
+    reader_overrides = {k: v for k, v in overrides.items() if k != "channels"}
     for f in files:
         path = Path(f)
         try:
@@ -60,14 +63,14 @@ def _folder_chunk(
                 **{
                     "participant_id": participant_for(path, Path(root)),
                     "recording_id": str(path.relative_to(root).with_suffix("")),
-                    **overrides,
+                    **reader_overrides,
                 },
             )
             if rec.modality is None:
                 raise RecordError(path, "modality unknown: pass --modality or put it in a JSON sidecar")
-            records.append(rec)
+            records.append(channels_for(rec, spec_for(rec.modality), channels))
         except RecordError as exc:
-            errors.append(str(exc))
+            errors.append(f"{path}: {exc.problem}")
     return write_chunk(Path(out), chunk, records, overlap, errors, dtype)
 
 
@@ -170,7 +173,8 @@ def prepare(args: argparse.Namespace) -> SegmentStore:
             raise SystemExit(f"error: {exc}") from exc
         if not files:
             raise SystemExit(f"error: no supported recordings under {root}")
-        overrides = {k: v for k, v in {"modality": args.modality, "fs": args.fs}.items() if v}
+        given = {"modality": args.modality, "fs": args.fs, "dataset": args.dataset, "channels": args.channels}
+        overrides = {k: v for k, v in given.items() if v}
         settings = {
             "source": str(root),
             "files": len(files),
@@ -269,6 +273,11 @@ def build_parser(p: argparse.ArgumentParser | None = None) -> argparse.ArgumentP
     p.add_argument(
         "--fs", type=float, help="sampling rate of every input file (else from the files / sidecars)"
     )
+    p.add_argument(
+        "--channels",
+        help="channels by name or index, comma-separated (default: all that fit, else by the modality)",
+    )
+    p.add_argument("--dataset", help="HDF5 / .npz array to read in files holding several")
     p.add_argument("--overlap", type=float, default=0.0, help="segment overlap fraction in [0, 1)")
     p.add_argument("--chunk", type=int, default=8, help="files (or synthetic participants) per shard")
     p.add_argument(
