@@ -48,7 +48,7 @@ def lifespan_for(settings: Settings, backend: Backend | None, cache: Cache | Non
         state.drift.executor = state.cpu  # the effective-rank SVD off the event loop
         app.state.pulse = state
         tasks = [asyncio.create_task(start(state))]
-        if settings.watch_repo_s > 0 or settings.retry_failed_s > 0:
+        if settings.watch_repo_s > 0 or settings.retry_failed_s > 0 or settings.watch_admin_s > 0:
             tasks.append(asyncio.create_task(watch(state, settings.watch_repo_s)))
         await asyncio.wait(tasks[:1], timeout=settings.startup_wait_s)  # ready at once when the backend is
         try:

@@ -279,12 +279,15 @@ class Registry:
             found.gone,
             found.failed,
         )
+        self.load_rollouts()
+        return self.models
+
+    def load_rollouts(self) -> None:
         try:
             self.rollouts = rollout.load(self.repo)
         except ValueError:  # a damaged rollout.json must not stop serving: newest versions, logged
             log.exception("rollout state unreadable; unpinned traffic goes to the newest versions")
             self.rollouts = {}
-        return self.models
 
     def current(self, modality: str) -> int:
         """The version unpinned traffic gets outside a canary: the promoted one if still served."""

@@ -10,23 +10,33 @@ Without an entry a modality's unpinned traffic goes to its newest served version
 Canary assignment is sticky: a client (X-Client-ID, else its API key, else its address) is in the
 canary when sha256(modality, client) falls below the fraction, so one client never sees
 embeddings of two versions mixed while the fraction stays put (raising it only adds clients).
+
+Several workers and replicas share one repository: a change is a read-modify-write of the file
+under an exclusive lock (`changing`), and every gateway re-reads the file when its `stamp` moves
+(service/state.py `watch`), so an admin call answered by one worker reaches all of them.
 """
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import hashlib
 import json
+import logging
 import os
 import tempfile
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 ROLLOUT_FILE = "rollout.json"
+LOCK_FILE = ".rollout.lock"
 MODES = ("canary", "shadow")
 HISTORY = 50  # entries kept per modality
+
+log = logging.getLogger("pulsefm.gateway")
 
 
 @dataclass
@@ -76,3 +86,35 @@ def save(repo: Path, rollouts: dict[str, Rollout]) -> None:
         fh.flush()
         os.fsync(fh.fileno())
     Path(tmp).replace(path)
+
+
+def file_stamp(path: Path) -> tuple[int, int, int] | None:
+    """What changes when a file is rewritten by replacing it (its inode moves too); None: absent."""
+    try:
+        st = Path(path).stat()
+    except FileNotFoundError:
+        return None
+    return st.st_ino, st.st_size, st.st_mtime_ns
+
+
+def stamp(repo: Path) -> tuple[int, int, int] | None:
+    return file_stamp(Path(repo) / ROLLOUT_FILE)
+
+
+@contextlib.contextmanager
+def changing(repo: Path) -> Iterator[dict[str, Rollout]]:
+    """The rollout state as on disk now, saved when the block ends without an error; the whole
+    read-modify-write holds an exclusive lock, so changes made through different workers or
+    replicas of the repository are never lost. A damaged file is logged and started afresh."""
+    with (Path(repo) / LOCK_FILE).open("a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            try:
+                rollouts = load(repo)
+            except ValueError:
+                log.exception("rollout state unreadable; this change starts it afresh")
+                rollouts = {}
+            yield rollouts
+            save(repo, rollouts)
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)

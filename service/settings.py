@@ -120,6 +120,11 @@ class Settings(BaseSettings):
     retry_failed_s: float = Field(10.0, description="retry model versions that failed to load every N s")
     startup_wait_s: float = Field(30.0, description="wait this long for the backend before serving 503s")
     watch_repo_s: float = Field(0.0, description="poll the repository for new versions every N s (0 = off)")
+    watch_admin_s: float = Field(
+        1.0,
+        description="every N s, follow admin calls answered by another worker or replica of the repository: "
+        "re-read rollout.json, reload on the reload marker (0 = off)",
+    )
 
     def keys(self, admin: bool = False) -> set[str]:
         raw = self.admin_keys if admin else self.api_keys

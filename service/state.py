@@ -12,13 +12,17 @@ import asyncio
 import contextlib
 import functools
 import logging
+import os
+import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 
 from pulsefm import contract as C
+from service import rollout
 from service.backends import RETIRE_AFTER_S, Backend, OrtBackend, TritonBackend
 from service.batcher import MicroBatcher
 from service.cache import Cache, LRUCache, RedisCache
@@ -50,6 +54,29 @@ class Budget:
         self.used -= n
 
 
+RELOAD_FILE = ".reload"  # rewritten by /v1/admin/reload: the other workers and replicas reload too
+
+
+def request_reload(repo: Path) -> tuple[int, int, int] | None:
+    """Leave the reload marker in the repository (atomically); its stamp, or None if read-only."""
+    path = Path(repo) / RELOAD_FILE
+    try:
+        tmp = path.with_name(f"{RELOAD_FILE}.{os.getpid()}")
+        tmp.write_text(f"{time.time()} {os.getpid()}\n")
+        tmp.replace(path)
+    except OSError:
+        log.warning("%s: cannot write the reload marker; other workers reload on their own watch", path)
+    return rollout.file_stamp(path)
+
+
+@dataclass
+class Marks:
+    """The admin marks in the repository this process has followed (see `watch`)."""
+
+    rollout: tuple[int, int, int] | None = None
+    reload: tuple[int, int, int] | None = None
+
+
 @dataclass
 class State:
     settings: Settings
@@ -64,6 +91,7 @@ class State:
     drift: DriftMonitor = field(default_factory=DriftMonitor)
     shadow: Budget = field(default_factory=lambda: Budget(64))
     background: set[asyncio.Task[None]] = field(default_factory=set)
+    marks: Marks = field(default_factory=Marks)
 
     @contextlib.contextmanager
     def admit(self, n: int) -> Iterator[None]:
@@ -196,21 +224,37 @@ def _stop_later(state: State, batcher: MicroBatcher) -> None:
 
 
 async def watch(state: State, every_s: float) -> None:
-    """Reload when the repository's versions change (every_s > 0), and retry failed versions."""
+    """Reload when the repository's versions change (every_s > 0), retry failed versions, and
+    follow admin calls answered by another worker or replica (`watch_admin_s`): a changed
+    rollout.json is re-read, a changed reload marker reloads."""
+    repo, retry, admin_s = state.registry.repo, state.settings.retry_failed_s, state.settings.watch_admin_s
+    period = min(x for x in (every_s, retry, admin_s) if x > 0)
     last: set[tuple[str, int]] = set()
-    retry = state.settings.retry_failed_s
-    period = min(x for x in (every_s, retry) if x > 0)
-    waited = 0.0
+    state.marks = Marks(rollout.stamp(repo), rollout.file_stamp(repo / RELOAD_FILE))
+    since_retry = since_scan = 0.0
     while True:
         await asyncio.sleep(period)
-        waited += period
+        since_retry += period
+        since_scan += period
         try:
-            if state.registry.failed and retry > 0 and waited >= retry:
-                waited = 0.0
+            if admin_s > 0:
+                asked = rollout.file_stamp(repo / RELOAD_FILE)
+                if asked != state.marks.reload:
+                    state.marks.reload = asked
+                    await reload_models(state)  # re-reads the rollout state too
+                    state.marks.rollout = rollout.stamp(repo)
+                    continue
+                changed = rollout.stamp(repo)
+                if changed != state.marks.rollout:
+                    state.marks.rollout = changed
+                    state.registry.load_rollouts()
+            if state.registry.failed and retry > 0 and since_retry >= retry:
+                since_retry = 0.0
                 await reload_models(state)
                 continue
-            if every_s > 0:
-                now = {(m, v) for m, vs in scan(state.registry.repo).items() for v in vs}
+            if every_s > 0 and since_scan >= every_s:
+                since_scan = 0.0
+                now = {(m, v) for m, vs in scan(repo).items() for v in vs}
                 if now != last:
                     await reload_models(state)
                     last = now

@@ -3,6 +3,7 @@ for all, a killed worker replaced, a clean stop."""
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import signal
@@ -12,9 +13,12 @@ import time
 
 import httpx
 import pytest
+import torch
 
 from service.triton_local import free_port
 from tests.gateway_helpers import build_repo, raw_segments
+from tests.test_export import make_artifact, probes_doc
+from training.publish import publish
 
 
 @pytest.fixture(scope="module")
@@ -82,3 +86,69 @@ def test_two_workers_share_the_port_the_metrics_and_survive_a_kill(repo, tmp_pat
         if proc.poll() is None:
             proc.kill()
             proc.wait(10)
+
+
+def test_an_admin_call_reaches_every_worker(tmp_path) -> None:
+    """A rollout change or a reload asked of one worker is followed by all of them (the state is in
+    the repository; each worker re-reads it), so a canary stays sticky per client whichever worker
+    its connection lands on, and a promote sees the candidate another worker started."""
+    repo = build_repo(tmp_path / "root")  # ppg v1
+    art = make_artifact("ppg", 1)
+    torch.save(art, tmp_path / "v2.pt")
+    publish(repo, tmp_path / "v2.pt", probes_doc("ppg", art, tmp_path / "v2.json"), hold=True)
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    env = dict(
+        os.environ,
+        PULSEFM_REPO=str(repo),
+        PULSEFM_ADMIN_KEYS="adm",
+        PULSEFM_WATCH_REPO_S="0",  # no repository polling: only the admin calls move anything
+        PROMETHEUS_MULTIPROC_DIR=str(tmp_path / "metrics"),
+    )
+    cmd = [sys.executable, "-m", "pulsefm.cli", "serve", "--port", str(port), "--workers", "2"]
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    body = {"modality": "ppg", "fs": 64, "segments": raw_segments("ppg", 1, 64.0).tolist()}
+    admin = {"X-API-Key": "adm"}
+
+    def versions(n: int = 16, **extra: object) -> set[int]:  # over n fresh connections
+        got = set()
+        for i in range(n):
+            r = httpx.post(url + "/v1/embed", json=body | extra, headers={"X-Client-ID": f"c{i}"}, timeout=30)
+            assert r.status_code == 200, r.text
+            got.add(int(r.headers["X-Model-Version"]))
+        return got
+
+    def admin_call(path: str, doc: dict[str, object]) -> dict[str, object]:
+        r = httpx.post(url + path, json=doc, headers=admin, timeout=30)
+        assert r.status_code == 200, r.text
+        return r.json()
+
+    try:
+        assert _wait(lambda: _ready(url) and len(_pids(url, 10)) == 2, 90), "two workers did not come up"
+        assert versions() == {1}  # held
+        admin_call(
+            "/v1/admin/rollout", {"modality": "ppg", "candidate": 2, "mode": "canary", "fraction": 1.0}
+        )
+        assert _wait(lambda: versions(4) == {2}, 10)
+        assert versions(24) == {2}, "a worker still answers from before the canary"
+        for _ in range(6):  # whichever worker takes it knows the candidate another one started
+            promoted = admin_call("/v1/admin/promote", {"modality": "ppg"})
+            assert promoted["current"] == 2, promoted
+            admin_call("/v1/admin/rollback", {"modality": "ppg"})
+            admin_call(
+                "/v1/admin/rollout", {"modality": "ppg", "candidate": 2, "mode": "canary", "fraction": 1.0}
+            )
+        admin_call("/v1/admin/rollback", {"modality": "ppg"})
+        assert _wait(lambda: versions(4) == {1}, 10)
+        assert versions(24) == {1}
+        history = json.loads((repo / "rollout.json").read_text())["ppg"]["history"]
+        assert [h["action"] for h in history].count("promote") == 6  # no change lost between workers
+
+        torch.save(make_artifact("ppg", 2), tmp_path / "v3.pt")
+        publish(repo, tmp_path / "v3.pt", probes_doc("ppg", art, tmp_path / "v3.json"), hold=True)
+        admin_call("/v1/admin/reload", {})  # one worker asked; every one loads v3
+        assert _wait(lambda: versions(4, model_version=3) == {3}, 10)
+        assert versions(24, model_version=3) == {3}
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=30)

@@ -107,12 +107,11 @@ def hold_current(repo: Path, modality: str, existing: list[int]) -> None:
     """Pin unpinned traffic to today's newest version (if none is promoted yet) in rollout.json."""
     from service import rollout
 
-    states = rollout.load(repo)
-    r = states.setdefault(modality, rollout.Rollout())
-    if r.current is None and existing:
-        r.current = max(existing)
-        r.record("hold", "publish", to=r.current)
-        rollout.save(repo, states)
+    with rollout.changing(repo) as states:  # under the lock the gateways' admin calls take
+        r = states.setdefault(modality, rollout.Rollout())
+        if r.current is None and existing:
+            r.current = max(existing)
+            r.record("hold", "publish", to=r.current)
 
 
 def publish(

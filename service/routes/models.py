@@ -14,7 +14,7 @@ from service import rollout, schemas
 from service.auth import AdminKey, ApiKey, GatewayState, key_digest
 from service.decoding import parse_modality
 from service.errors import Problem, UnknownModel, ValidationFailed
-from service.state import State, reload_models
+from service.state import State, reload_models, request_reload
 
 log = logging.getLogger("pulsefm.gateway")
 
@@ -51,6 +51,7 @@ async def models(state: GatewayState, _: ApiKey) -> dict[str, Any]:
     summary="Rescan the repository and load new versions (admin key)",
 )
 async def reload(state: GatewayState, _: AdminKey) -> dict[str, Any]:
+    state.marks.reload = request_reload(state.registry.repo)  # the other workers and replicas follow
     models = await reload_models(state)
     return {
         "served": [{"modality": m.modality, "version": m.version} for m in models],
@@ -94,25 +95,35 @@ def _change(state: State, request: Request, modality: str, action: str, **facts:
     """Apply one rollout change: persisted in rollout.json (every replica and restart sees it),
     logged, and answered with the modality's new state."""
     reg = state.registry
-    r = reg.rollouts.setdefault(modality, rollout.Rollout())
-    before = reg.current(modality)
-    if action == "promote":
-        r.current, r.candidate, r.mode, r.fraction = facts["to"], None, None, 0.0
-    elif action == "rollback":
-        if r.mode is not None:
-            r.candidate, r.mode, r.fraction = None, None, 0.0
-        else:
-            previous = [h["from"] for h in r.history if h["action"] == "promote"]
-            if not previous or previous[-1] not in reg.models.get(modality, {}):
+    with rollout.changing(reg.repo) as rollouts:  # as on disk: another worker may have changed it
+        reg.rollouts = rollouts
+        r = rollouts.setdefault(modality, rollout.Rollout())
+        before = reg.current(modality)
+        if action == "promote":
+            facts["to"] = facts["to"] if facts["to"] is not None else r.candidate
+            if facts["to"] is None:
                 raise ValidationFailed(
-                    [Problem("rollback", f"{modality}: no rollout and no earlier promotion to undo")]
+                    [Problem("version", "no candidate in rollout: name the version to promote")]
                 )
-            r.current = previous[-1]
-        facts["to"] = reg.current(modality)
-    else:
-        r.candidate, r.mode, r.fraction = facts["to"], action, facts.get("fraction", 0.0)
-    entry = r.record(action, key_digest(request, "loopback"), **{"from": before, **facts})
-    rollout.save(reg.repo, reg.rollouts)
+            _served(state, modality, facts["to"])
+            r.current, r.candidate, r.mode, r.fraction = facts["to"], None, None, 0.0
+        elif action == "rollback":
+            if r.mode is not None:
+                r.candidate, r.mode, r.fraction = None, None, 0.0
+            else:
+                previous = [h["from"] for h in r.history if h["action"] == "promote"]
+                if not previous or previous[-1] not in reg.models.get(modality, {}):
+                    raise ValidationFailed(
+                        [Problem("rollback", f"{modality}: no rollout and no earlier promotion to undo")]
+                    )
+                r.current = previous[-1]
+            facts["to"] = reg.current(modality)
+        else:
+            if facts["to"] == before:
+                raise ValidationFailed([Problem("candidate", f"{modality} v{before} is already current")])
+            r.candidate, r.mode, r.fraction = facts["to"], action, facts.get("fraction", 0.0)
+        entry = r.record(action, key_digest(request, "loopback"), **{"from": before, **facts})
+    state.marks.rollout = rollout.stamp(reg.repo)  # this worker has it; its watcher need not re-read
     log.info("rollout %s %s", modality, action, extra={"fields": {"modality": modality, **entry}})
     return {"modality": modality, **dataclasses.asdict(r), "current": reg.current(modality)}
 
@@ -126,8 +137,6 @@ async def start_rollout(request: Request, state: GatewayState, _: AdminKey) -> d
     body = await _body(request, _RolloutBody)
     modality = parse_modality(body.modality)
     _served(state, modality, body.candidate)
-    if body.candidate == state.registry.current(modality):
-        raise ValidationFailed([Problem("candidate", f"{modality} v{body.candidate} is already current")])
     if not (0.0 <= body.fraction <= 1.0) or (body.mode == "canary" and body.fraction == 0.0):
         raise ValidationFailed(
             [Problem("fraction", "fraction must be in (0, 1] for a canary, [0, 1] for a shadow")]
@@ -140,13 +149,7 @@ async def start_rollout(request: Request, state: GatewayState, _: AdminKey) -> d
 )
 async def promote(request: Request, state: GatewayState, _: AdminKey) -> dict[str, Any]:
     body = await _body(request, _PromoteBody)
-    modality = parse_modality(body.modality)
-    r = state.registry.rollouts.get(modality)
-    version = body.version if body.version is not None else (r.candidate if r else None)
-    if version is None:
-        raise ValidationFailed([Problem("version", "no candidate in rollout: name the version to promote")])
-    _served(state, modality, version)
-    return _change(state, request, modality, "promote", to=version)
+    return _change(state, request, parse_modality(body.modality), "promote", to=body.version)
 
 
 @router.post(
