@@ -90,12 +90,13 @@ model: evaluate
 	$(BIN)/pulse-fm publish --encoder $(PPG_RUN)/encoder.pt --probes reports/default/probes_ppg.json --repo $(REPO)
 	$(BIN)/pulse-fm publish --encoder $(ECG_RUN)/encoder.pt --probes reports/default/probes_ecg.json --repo $(REPO)
 
-## every gateway benchmark, one after the other (~20 min): results/*.json and RESULTS.md, all from this run
+## every benchmark, one after the other (~35 min): results/*.json and RESULTS.md, all from this run
 bench: install
 	$(BIN)/python -m benchmarks.gateway
 	$(BIN)/python -m benchmarks.overload
 	$(BIN)/python -m benchmarks.overload --env PULSEFM_WORKERS=2 --out benchmarks/results/overload_workers2.json
 	$(BIN)/python -m benchmarks.serving
+	$(BIN)/python -m benchmarks.train_throughput --preset tiny --batch-size 64 --steps 20 --repeats 3
 
 ## the serving benchmark alone (wrk; installs it with apt-get when run as root): ~10 min
 bench-serving: install

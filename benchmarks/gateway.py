@@ -517,8 +517,9 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def write_results_md(results_dir: Path) -> Path:
-    """benchmarks/RESULTS.md from the JSON of each benchmark's last run (gateway, overload, serving)."""
-    from benchmarks import serving
+    """benchmarks/RESULTS.md from the JSON of each benchmark's last run (gateway, overload, serving,
+    training throughput)."""
+    from benchmarks import serving, train_throughput
     from benchmarks.overload import markdown_section
 
     parts = []
@@ -529,6 +530,9 @@ def write_results_md(results_dir: Path) -> Path:
             parts.append(markdown_section(json.loads((results_dir / name).read_text())))
     if (results_dir / "serving.json").is_file():
         parts.append(serving.markdown_section(json.loads((results_dir / "serving.json").read_text())))
+    if (results_dir / "train_throughput.json").is_file():
+        doc = json.loads((results_dir / "train_throughput.json").read_text())
+        parts.append(train_throughput.markdown_section(doc))
     md = results_dir.parent / "RESULTS.md"
     md.write_text("\n".join(parts))
     return md

@@ -151,3 +151,22 @@ def test_float16_shards_halve_the_bytes_and_read_back_close(tmp_path: Path) -> N
     with pytest.raises(SystemExit, match="other settings"):  # resuming with another dtype is refused
         _prepare(tmp_path / "f16", "--workers", "1")
     assert len(idx) == len(b)
+
+
+def test_folder_chunks_keep_each_participant_whole(tmp_path: Path) -> None:
+    from training.prepare import participant_chunks
+
+    root = tmp_path
+    files = [
+        str(root / p / f"r{i}.csv") for p, n in [("a", 3), ("b", 1), ("c", 5), ("d", 2)] for i in range(n)
+    ]
+    files += [str(root / "solo1.csv"), str(root / "solo2.csv")]  # ROOT/<file>: one participant each
+    chunks = participant_chunks(sorted(files), root, 4)
+    assert sorted(f for c in chunks for f in c) == sorted(files)
+    owners = [
+        {Path(f).relative_to(root).parts[0] if "/" in str(Path(f).relative_to(root)) else f for f in c}
+        for c in chunks
+    ]
+    for i, a in enumerate(owners):  # no participant in two chunks
+        assert all(not (a & b) for b in owners[i + 1 :])
+    assert [len(c) for c in chunks] == [4, 5, 4]  # a+b, c, d+solo1+solo2

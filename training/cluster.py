@@ -11,7 +11,8 @@ atomically and its manifest part last, so a chunk is done exactly when its part 
 - A worker killed mid-chunk: the scheduler reruns its task on another worker (Dask's
   `distributed.scheduler.allowed-failures`); the rerun overwrites the half-written files.
 - The driver killed: rerun the same command; finished chunks are skipped (`resuming: ...`).
-Every worker must see the store path (a shared file system here; object storage is not done).
+Every worker must reach the store: a shared file system, or an fsspec URL such as `s3://...`
+(training/storage.py; each file is one atomic PUT there, so the commit protocol is the same).
 """
 
 from __future__ import annotations

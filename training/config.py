@@ -38,6 +38,10 @@ class TrainConfig:
     val_fraction: float = 0.1
     test_fraction: float = 0.1
     val_batches: int = 4
+    # "random": pairs drawn across the whole store (a global batch, sliced per rank); "stream":
+    # each rank reads its own shards in sequence through a shuffle buffer (training/stream.py)
+    loader: str = "random"
+    shuffle_buffer: int = 1024  # pairs, with loader="stream"
     # runtime
     seed: int = 0
     bf16: bool = True  # autocast on CUDA only
@@ -49,6 +53,10 @@ class TrainConfig:
             raise ValueError(f"unknown augment {self.augment!r}; choose one of {sorted(AUGMENT_PRESETS)}")
         if self.positives not in ("participant", "segment"):
             raise ValueError(f"unknown positives {self.positives!r}; choose participant or segment")
+        if self.loader not in ("random", "stream"):
+            raise ValueError(f"unknown loader {self.loader!r}; choose random or stream")
+        if self.loader == "stream" and self.positives != "participant":
+            raise ValueError("loader=stream makes participant positives only")
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

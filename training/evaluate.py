@@ -101,7 +101,7 @@ def result_row(r: ProbeResult) -> dict[str, Any]:
 def evaluate_modality(
     encoder: Encoder,
     baseline: Encoder,
-    store_path: Path,
+    store_path: str | Path,
     test_fraction: float,
     seed: int,
     n_boot: int,
@@ -251,7 +251,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             return 2
         print(f"evaluating {path} ({enc.modality}) on {args.store}")
         res = evaluate_modality(
-            enc, baseline, Path(args.store), args.test_fraction, args.seed, args.bootstrap, not args.no_real
+            enc, baseline, args.store, args.test_fraction, args.seed, args.bootstrap, not args.no_real
         )
         curves = Path(path).parent / C.CURVES_FILE
         if curves.is_file():

@@ -13,8 +13,8 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import shutil
 import sys
+import tempfile
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future, as_completed
@@ -32,7 +32,17 @@ from pulsefm.pipeline import channels_for
 from pulsefm.preprocess import SPECS, spec_for
 from pulsefm.records import Record, RecordError
 from training.parallel import process_pool
-from training.store import FORMAT, ChunkResult, SegmentStore, chunk_done, finalize, write_chunk, write_info
+from training.storage import Location
+from training.store import (
+    FORMAT,
+    ChunkResult,
+    SegmentStore,
+    chunk_done,
+    finalize,
+    read_info,
+    write_chunk,
+    write_info,
+)
 from training.synthetic import CohortConfig, NoiseBank, sample_participant, simulate_participant
 
 
@@ -40,6 +50,22 @@ def participant_for(path: Path, root: Path) -> str:
     """Participant id from the layout: ROOT/<participant>/<file> -> <participant>; ROOT/<file> -> stem."""
     rel = path.relative_to(root)
     return rel.parts[0] if len(rel.parts) > 1 else path.stem
+
+
+def participant_chunks(files: list[str], root: Path, size: int) -> list[list[str]]:
+    """Files (sorted) in chunks of about `size`, a participant's files all in one chunk, so that a
+    shard holds whole participants (what the streaming loader pairs from: training/stream.py)."""
+    chunks: list[list[str]] = []
+    current: list[str] = []
+    last: str | None = None
+    for f in files:
+        who = participant_for(Path(f), root)
+        if current and who != last and len(current) >= size:
+            chunks.append(current)
+            current = []
+        current.append(f)
+        last = who
+    return [*chunks, current] if current else chunks
 
 
 def _folder_chunk(
@@ -71,7 +97,7 @@ def _folder_chunk(
             records.append(channels_for(rec, spec_for(rec.modality), channels))
         except RecordError as exc:
             errors.append(f"{path}: {exc.problem}")
-    return write_chunk(Path(out), chunk, records, overlap, errors, dtype)
+    return write_chunk(out, chunk, records, overlap, errors, dtype)
 
 
 def _synthetic_chunk(
@@ -81,7 +107,7 @@ def _synthetic_chunk(
     records: list[Record] = []
     for i in indices:
         records.extend(simulate_participant(cfg, i, bank)[1])
-    return write_chunk(Path(out), chunk, records, overlap, dtype=dtype)
+    return write_chunk(out, chunk, records, overlap, dtype=dtype)
 
 
 def _run_chunks(
@@ -110,26 +136,25 @@ def _with_dtype(settings: dict[str, Any], dtype: str) -> dict[str, Any]:
     return settings
 
 
-def _check_resume(out: Path, settings: dict[str, Any], overwrite: bool) -> bool:
+def _check_resume(out: Location, settings: dict[str, Any], overwrite: bool) -> bool:
     """True if `out` holds a complete store built with the same settings (nothing to do)."""
-    info_path = out / "store.json"
-    if overwrite and out.exists():
-        shutil.rmtree(out)
-    if info_path.is_file():
-        old = json.loads(info_path.read_text())
+    if overwrite:
+        out.remove()
+    old = read_info(out.url)
+    if old is not None:
         if old.get("settings") != json.loads(json.dumps(settings, default=str)):
             raise SystemExit(
                 f"error: {out} was built with other settings; use another --out, or --overwrite to rebuild.\n"
                 f"  existing: {json.dumps(old.get('settings'), sort_keys=True)}"
             )
         return bool(old.get("complete"))
-    if out.exists() and any(out.iterdir()):
+    if not out.is_empty():
         raise SystemExit(f"error: {out} exists and is not a segment store; choose an empty --out")
     return False
 
 
 def prepare(args: argparse.Namespace) -> SegmentStore:
-    out = Path(args.out)
+    out = Location(args.out)
     t0 = time.perf_counter()
     specs = {str(m): s.to_dict() for m, s in SPECS.items()}
     participants: pd.DataFrame | None = None
@@ -161,7 +186,7 @@ def prepare(args: argparse.Namespace) -> SegmentStore:
         )
         for c, start in enumerate(range(0, cfg.n_participants, args.chunk)):
             idx = list(range(start, min(start + args.chunk, cfg.n_participants)))
-            jobs.append((c, _synthetic_chunk, (str(out), c, idx, cfg, args.overlap, args.dtype)))
+            jobs.append((c, _synthetic_chunk, (out.url, c, idx, cfg, args.overlap, args.dtype)))
     else:
         folder = args.input or args.recordings_folder
         if not folder:
@@ -181,6 +206,7 @@ def prepare(args: argparse.Namespace) -> SegmentStore:
             "overrides": overrides,
             "overlap": args.overlap,
             "chunk": args.chunk,
+            "chunks_by": "participant",  # a participant's files never straddle two shards
             "specs": specs,
         }
         done = _check_resume(out, _with_dtype(settings, args.dtype), args.overwrite)
@@ -189,29 +215,16 @@ def prepare(args: argparse.Namespace) -> SegmentStore:
             participants = pd.read_csv(labels, dtype={"participant_id": str})
             if "participant_id" not in participants.columns:
                 raise SystemExit(f"error: {labels}: needs a participant_id column")
-        for c, start in enumerate(range(0, len(files), args.chunk)):
+        for c, chunk_files in enumerate(participant_chunks(files, root, args.chunk)):
             jobs.append(
-                (
-                    c,
-                    _folder_chunk,
-                    (
-                        str(root),
-                        str(out),
-                        c,
-                        files[start : start + args.chunk],
-                        overrides,
-                        args.overlap,
-                        args.dtype,
-                    ),
-                )
+                (c, _folder_chunk, (str(root), out.url, c, chunk_files, overrides, args.overlap, args.dtype))
             )
     if done:
         print(f"{out}: already complete, nothing to do (use --overwrite to rebuild)")
-        return SegmentStore(out)
-    out.mkdir(parents=True, exist_ok=True)
+        return SegmentStore(out.url)
     info = {"format": FORMAT, "settings": settings, "complete": False}
-    write_info(out, info)
-    todo = [j for j in jobs if not chunk_done(out, j[0])]
+    write_info(out.url, info)
+    todo = [j for j in jobs if not chunk_done(out.url, j[0])]
     if len(todo) < len(jobs):
         print(f"resuming: {len(jobs) - len(todo)} of {len(jobs)} chunks already done")
     if args.engine == "dask":
@@ -223,11 +236,12 @@ def prepare(args: argparse.Namespace) -> SegmentStore:
     else:
         results = _run_chunks(todo, args.workers, desc=f"prepare -> {out.name}")
     errors = [e for r in results for e in r.errors]
-    store = finalize(out, participants, {**info, "errors": errors})
+    store = finalize(out.url, participants, {**info, "errors": errors})
     try:
         from training.plots import plot_store_preview
 
-        plot_store_preview(store, out / "preview.png")
+        with tempfile.TemporaryDirectory() as tmp:  # the store may be on object storage
+            out.write_bytes("preview.png", plot_store_preview(store, Path(tmp) / "preview.png").read_bytes())
     except ImportError:  # matplotlib is in the [train] extra
         pass
     dt = time.perf_counter() - t0
@@ -247,7 +261,9 @@ def build_parser(p: argparse.ArgumentParser | None = None) -> argparse.ArgumentP
     )
     p.add_argument("input", nargs="?", help="folder of recordings (ROOT/<participant>/<file> or ROOT/<file>)")
     p.add_argument("--recordings", dest="recordings_folder", metavar="FOLDER", help="the same as INPUT")
-    p.add_argument("--out", required=True, help="store folder to create (or resume)")
+    p.add_argument(
+        "--out", required=True, help="store folder or fsspec URL (s3://bucket/stores/x) to create (or resume)"
+    )
     p.add_argument("--synthetic", type=int, metavar="N", help="generate a SYNTHETIC cohort of N participants")
     p.add_argument("--seed", type=int, default=0, help="synthetic cohort seed")
     p.add_argument(
@@ -279,7 +295,12 @@ def build_parser(p: argparse.ArgumentParser | None = None) -> argparse.ArgumentP
     )
     p.add_argument("--dataset", help="HDF5 / .npz array to read in files holding several")
     p.add_argument("--overlap", type=float, default=0.0, help="segment overlap fraction in [0, 1)")
-    p.add_argument("--chunk", type=int, default=8, help="files (or synthetic participants) per shard")
+    p.add_argument(
+        "--chunk",
+        type=int,
+        default=8,
+        help="synthetic participants per shard, or about this many files (a participant's never split)",
+    )
     p.add_argument(
         "--workers", type=int, default=max(1, min(8, os.cpu_count() or 1)), help="parallel worker processes"
     )

@@ -9,11 +9,18 @@ STORE/
   shards/<mod>-<k>.npy     float32 (or float16: `prepare --dtype float16`, half the bytes; read
                            back as float32) (n, channels, window), memory-mapped
   parts/<k>.parquet        per-chunk manifests; a chunk is done once its part exists (resume)
+
+STORE is a folder or an fsspec URL (`s3://bucket/stores/syn`: training/storage.py). A shard holds
+the segments of one chunk of participants (synthetic) or of files (ROOT/<participant>/<file>, in
+order), so a participant's segments sit together: the streaming loader (training/stream.py) reads
+whole shards in sequence and still finds two segments of one participant in what it holds.
 """
 
 from __future__ import annotations
 
+import io
 import json
+from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,6 +33,7 @@ from pulsefm import npyformat
 from pulsefm.pipeline import process_record
 from pulsefm.preprocess import spec_for
 from pulsefm.records import Modality, Record
+from training.storage import Location
 
 MANIFEST_COLUMNS = [
     "participant_id",
@@ -48,16 +56,10 @@ def atomic_write(path: Path, write: Callable[[Path], object]) -> None:
     tmp.replace(path)
 
 
-def _atomic_save_npy(path: Path, arr: np.ndarray) -> None:
-    def write(tmp: Path) -> None:
-        with tmp.open("wb") as fh:  # a file object: np.save would append ".npy" to a path
-            np.save(fh, arr)
-
-    atomic_write(path, write)
-
-
-def _atomic_parquet(path: Path, df: pd.DataFrame) -> None:
-    atomic_write(path, lambda tmp: df.to_parquet(tmp, index=False))
+def _npy_bytes(arr: np.ndarray) -> bytes:
+    buf = io.BytesIO()
+    np.save(buf, arr)
+    return buf.getvalue()
 
 
 @dataclass(frozen=True)
@@ -70,7 +72,7 @@ class ChunkResult:
 
 
 def write_chunk(
-    root: Path,
+    root: str | Path,
     chunk: int,
     records: Sequence[Record],
     overlap: float,
@@ -108,41 +110,42 @@ def write_chunk(
                 }
             )
             bucket.append(segs.data[i])
-    (root / "shards").mkdir(exist_ok=True)
-    (root / "parts").mkdir(exist_ok=True)
+    loc = Location(root)
     for mod, segs_list in arrays.items():
-        _atomic_save_npy(root / "shards" / f"{mod}-{chunk:05d}.npy", np.stack(segs_list).astype(dtype))
+        loc.write_bytes(f"shards/{mod}-{chunk:05d}.npy", _npy_bytes(np.stack(segs_list).astype(dtype)))
     if rejects:
-        _atomic_parquet(root / "parts" / f"{chunk:05d}.rejects.parquet", pd.DataFrame(rejects))
-    _atomic_parquet(root / "parts" / f"{chunk:05d}.parquet", pd.DataFrame(rows, columns=MANIFEST_COLUMNS))
+        loc.write_parquet(f"parts/{chunk:05d}.rejects.parquet", pd.DataFrame(rejects))
+    loc.write_parquet(f"parts/{chunk:05d}.parquet", pd.DataFrame(rows, columns=MANIFEST_COLUMNS))  # commit
     return ChunkResult(chunk, len(rows), len(rejects), len(records), tuple(errors))
 
 
-def chunk_done(root: Path, chunk: int) -> bool:
-    return (root / "parts" / f"{chunk:05d}.parquet").is_file()
+def chunk_done(root: str | Path, chunk: int) -> bool:
+    return Location(root).exists(f"parts/{chunk:05d}.parquet")
 
 
-def finalize(root: Path, participants: pd.DataFrame | None, info: dict[str, Any]) -> SegmentStore:
+def finalize(root: str | Path, participants: pd.DataFrame | None, info: dict[str, Any]) -> SegmentStore:
     """Concatenate the parts into manifest.parquet / rejects.parquet and write store.json."""
-    parts = sorted(p for p in (root / "parts").glob("*.parquet") if not p.name.endswith(".rejects.parquet"))
+    loc = Location(root)
+    names = loc.list("parts", ".parquet")
+    parts = [n for n in names if not n.endswith(".rejects.parquet")]
     manifest = (
-        pd.concat([pd.read_parquet(p) for p in parts], ignore_index=True)
+        pd.concat([loc.read_parquet(f"parts/{n}") for n in parts], ignore_index=True)
         if parts
         else pd.DataFrame(columns=MANIFEST_COLUMNS)
     )
-    rej_parts = sorted((root / "parts").glob("*.rejects.parquet"))
+    rej_parts = [n for n in names if n.endswith(".rejects.parquet")]
     rejects = (
-        pd.concat([pd.read_parquet(p) for p in rej_parts], ignore_index=True)
+        pd.concat([loc.read_parquet(f"parts/{n}") for n in rej_parts], ignore_index=True)
         if rej_parts
         else pd.DataFrame(
             columns=["participant_id", "recording_id", "segment", "modality", "start_s", "reasons"]
         )
     )
     if participants is not None and len(participants):
-        _atomic_parquet(root / "participants.parquet", participants)
+        loc.write_parquet("participants.parquet", participants)
         manifest = manifest.merge(participants, on="participant_id", how="left")
-    _atomic_parquet(root / "manifest.parquet", manifest)
-    _atomic_parquet(root / "rejects.parquet", rejects)
+    loc.write_parquet("manifest.parquet", manifest)
+    loc.write_parquet("rejects.parquet", rejects)
     counts = {
         "segments": {str(k): int(v) for k, v in manifest["modality"].value_counts().items()},
         "rejected": {str(k): int(v) for k, v in rejects["modality"].value_counts().items()},
@@ -152,28 +155,32 @@ def finalize(root: Path, participants: pd.DataFrame | None, info: dict[str, Any]
     return SegmentStore(root)
 
 
-def write_info(root: Path, info: dict[str, Any]) -> None:
-    atomic_write(
-        root / "store.json",
-        lambda tmp: tmp.write_text(json.dumps(info, indent=2, sort_keys=True, default=str)),
-    )
+def write_info(root: str | Path, info: dict[str, Any]) -> None:
+    Location(root).write_bytes("store.json", json.dumps(info, indent=2, sort_keys=True, default=str).encode())
+
+
+def read_info(root: str | Path) -> dict[str, Any] | None:
+    """store.json of the store at `root`, or None if there is none."""
+    loc = Location(root)
+    return json.loads(loc.read_bytes("store.json")) if loc.exists("store.json") else None
 
 
 class SegmentStore:
-    """Read side: the manifest as a DataFrame and segments by manifest row, via memory maps."""
+    """Read side: the manifest as a DataFrame and segments by manifest row. Local shards are
+    memory-mapped; remote ones (an fsspec URL) are fetched whole, `max_remote_shards` kept."""
 
-    def __init__(self, root: str | Path) -> None:
-        self.root = Path(root)
-        info_path = self.root / "store.json"
-        if not info_path.is_file():
-            raise FileNotFoundError(f"{self.root}: not a segment store (no store.json)")
-        self.info: dict[str, Any] = json.loads(info_path.read_text())
+    def __init__(self, root: str | Path, max_remote_shards: int = 16) -> None:
+        self.location = Location(root)
+        self.root = self.location.local or Path(self.location.root)  # for messages and local files
+        info = read_info(root)
+        if info is None:
+            raise FileNotFoundError(f"{root}: not a segment store (no store.json)")
+        self.info: dict[str, Any] = info
         if not self.info.get("complete"):
-            raise RuntimeError(
-                f"{self.root}: store is incomplete; rerun the same `prepare` command to resume"
-            )
-        self.manifest = pd.read_parquet(self.root / "manifest.parquet")
-        self._maps: dict[str, np.ndarray] = {}
+            raise RuntimeError(f"{root}: store is incomplete; rerun the same `prepare` command to resume")
+        self.manifest = self.location.read_parquet("manifest.parquet")
+        self._maps: OrderedDict[str, np.ndarray] = OrderedDict()
+        self._max_remote = max_remote_shards
         # row -> (shard code, row in shard) as arrays for fast batched lookups
         self._shard_codes, self._shard_names = pd.factorize(self.manifest["shard"])
         self._rows = self.manifest["row"].to_numpy(dtype=np.int64)
@@ -193,23 +200,33 @@ class SegmentStore:
 
     @property
     def participants(self) -> pd.DataFrame:
-        path = self.root / "participants.parquet"
-        return (
-            pd.read_parquet(path)
-            if path.is_file()
-            else pd.DataFrame({"participant_id": self.manifest["participant_id"].unique()})
-        )
+        if self.location.exists("participants.parquet"):
+            return self.location.read_parquet("participants.parquet")
+        return pd.DataFrame({"participant_id": self.manifest["participant_id"].unique()})
 
     @property
     def rejects(self) -> pd.DataFrame:
-        return pd.read_parquet(self.root / "rejects.parquet")
+        return self.location.read_parquet("rejects.parquet")
+
+    def shard_codes(self, rows: np.ndarray) -> np.ndarray:
+        """The shard (as a code) holding each manifest row."""
+        return self._shard_codes[np.asarray(rows, dtype=np.int64)]
 
     def _shard(self, code: int) -> np.ndarray:
         name = str(self._shard_names[code])
-        if name not in self._maps:
+        if name in self._maps:
+            self._maps.move_to_end(name)
+            return self._maps[name]
+        rel = f"shards/{name}.npy"
+        if self.location.local is not None:
             # not np.load: its header parser is not thread-safe (pulsefm/npyformat.py)
-            self._maps[name] = npyformat.open_memmap(self.root / "shards" / f"{name}.npy")
-        return self._maps[name]
+            arr = npyformat.open_memmap(self.location.local / rel)
+        else:
+            arr = npyformat.from_bytes(self.location.read_bytes(rel))
+            while len(self._maps) >= self._max_remote:
+                self._maps.popitem(last=False)
+        self._maps[name] = arr
+        return arr
 
     def indices(self, modality: Modality | str) -> np.ndarray:
         """Manifest rows of one modality."""

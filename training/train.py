@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import functools
 import json
 import os
 import sys
@@ -26,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pandas as pd
 import torch
 import torch.distributed as dist
 from torch import nn
@@ -40,6 +42,7 @@ from training.loss import ContrastiveLoss
 from training.model import ContrastiveModel, EfficientNet1d, ProjectionHead, count_parameters
 from training.sampler import PairBatch, PairSampler
 from training.store import SegmentStore, atomic_write, split_participants
+from training.stream import ShardStream
 
 
 # ------------------------------------------------------------------------------------ building
@@ -176,19 +179,19 @@ class PairLoader:
     def __init__(
         self,
         store: SegmentStore,
-        sampler: PairSampler,
+        batches: Callable[[int], PairBatch],
         augment: Compose,
-        batch_size: int,
         d: Dist,
         seed: int,
         device: torch.device,
     ) -> None:
-        self.store, self.sampler, self.augment = store, sampler, augment
-        self.batch_size, self.d, self.seed, self.device = batch_size, d, seed, device
+        """`batches(step)`: this rank's pairs at `step` (store rows)."""
+        self.store, self.batches, self.augment = store, batches, augment
+        self.d, self.seed, self.device = d, seed, device
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="prefetch")
 
     def make(self, step: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        batch: PairBatch = self.sampler.batch(step, self.batch_size).slice(self.d.rank, self.d.world)
+        batch = self.batches(step)
         x = torch.from_numpy(self.store.load(np.concatenate([batch.rows_a, batch.rows_b])))
         # The random draws come from a CPU generator, so a batch's augmentations are the same on
         # any device; the arithmetic on the signals runs where the model does (on a GPU, the CPU
@@ -210,6 +213,20 @@ class PairLoader:
 
     def close(self) -> None:
         self._pool.shutdown(wait=True, cancel_futures=True)
+
+
+def train_batches(
+    cfg: TrainConfig, store: SegmentStore, rows: np.ndarray, sampler: PairSampler, d: Dist
+) -> Callable[[int], PairBatch]:
+    """This rank's training pairs per step: its slice of the global random batch, or its own
+    shard stream (cfg.loader == "stream")."""
+    if cfg.loader == "stream":
+        codes = pd.factorize(store.manifest["participant_id"])[0]  # the same participant code on every rank
+        stream = ShardStream(
+            rows, codes[rows], store.shard_codes(rows), d.rank, d.world, cfg.seed, cfg.shuffle_buffer
+        )
+        return functools.partial(stream.batch, per_rank=cfg.batch_size // d.world)
+    return lambda step: sampler.batch(step, cfg.batch_size).slice(d.rank, d.world)
 
 
 def hash_seed(*parts: int) -> int:
@@ -302,7 +319,14 @@ def train(
             teacher = nn.SyncBatchNorm.convert_sync_batchnorm(teacher)
     net: nn.Module = nn.parallel.DistributedDataParallel(model) if d.active else model
     loss_fn = ContrastiveLoss(cfg.temperature, cfg.koleo_weight)
-    loader = PairLoader(store, train_sampler, AUGMENT_PRESETS[cfg.augment], cfg.batch_size, d, cfg.seed, dev)
+    loader = PairLoader(
+        store,
+        train_batches(cfg, store, rows[part == "train"], train_sampler, d),
+        AUGMENT_PRESETS[cfg.augment],
+        d,
+        cfg.seed,
+        dev,
+    )
     autocast = autocast_for(cfg, dev)
 
     if d.main:
@@ -336,7 +360,12 @@ def train(
         if teacher is not None:
             teacher.eval()
         vloader = PairLoader(
-            store, val_sampler, AUGMENT_PRESETS[cfg.augment], cfg.batch_size, Dist(), cfg.seed + 1, dev
+            store,
+            functools.partial(val_sampler.batch, batch_size=cfg.batch_size),
+            AUGMENT_PRESETS[cfg.augment],
+            Dist(),
+            cfg.seed + 1,
+            dev,
         )
         losses, hs = [], []
         with torch.no_grad(), autocast():
