@@ -110,12 +110,11 @@ def test_an_admin_call_reaches_every_worker(tmp_path) -> None:
     body = {"modality": "ppg", "fs": 64, "segments": raw_segments("ppg", 1, 64.0).tolist()}
     admin = {"X-API-Key": "adm"}
 
-    def versions(n: int = 16, **extra: object) -> set[int]:  # over n fresh connections
-        got = set()
+    def versions(n: int = 16, **extra: object) -> set[int | str]:  # over n fresh connections
+        got: set[int | str] = set()
         for i in range(n):
             r = httpx.post(url + "/v1/embed", json=body | extra, headers={"X-Client-ID": f"c{i}"}, timeout=30)
-            assert r.status_code == 200, r.text
-            got.add(int(r.headers["X-Model-Version"]))
+            got.add(int(r.headers["X-Model-Version"]) if r.status_code == 200 else r.text)
         return got
 
     def admin_call(path: str, doc: dict[str, object]) -> dict[str, object]:
@@ -129,7 +128,7 @@ def test_an_admin_call_reaches_every_worker(tmp_path) -> None:
         admin_call(
             "/v1/admin/rollout", {"modality": "ppg", "candidate": 2, "mode": "canary", "fraction": 1.0}
         )
-        assert _wait(lambda: versions(4) == {2}, 10)
+        assert _wait(lambda: versions(4) == {2}, 20)
         assert versions(24) == {2}, "a worker still answers from before the canary"
         for _ in range(6):  # whichever worker takes it knows the candidate another one started
             promoted = admin_call("/v1/admin/promote", {"modality": "ppg"})
@@ -139,7 +138,7 @@ def test_an_admin_call_reaches_every_worker(tmp_path) -> None:
                 "/v1/admin/rollout", {"modality": "ppg", "candidate": 2, "mode": "canary", "fraction": 1.0}
             )
         admin_call("/v1/admin/rollback", {"modality": "ppg"})
-        assert _wait(lambda: versions(4) == {1}, 10)
+        assert _wait(lambda: versions(4) == {1}, 20)
         assert versions(24) == {1}
         history = json.loads((repo / "rollout.json").read_text())["ppg"]["history"]
         assert [h["action"] for h in history].count("promote") == 6  # no change lost between workers
@@ -147,7 +146,7 @@ def test_an_admin_call_reaches_every_worker(tmp_path) -> None:
         torch.save(make_artifact("ppg", 2), tmp_path / "v3.pt")
         publish(repo, tmp_path / "v3.pt", probes_doc("ppg", art, tmp_path / "v3.json"), hold=True)
         admin_call("/v1/admin/reload", {})  # one worker asked; every one loads v3
-        assert _wait(lambda: versions(4, model_version=3) == {3}, 10)
+        assert _wait(lambda: versions(4, model_version=3) == {3}, 30)
         assert versions(24, model_version=3) == {3}
     finally:
         proc.send_signal(signal.SIGTERM)
