@@ -48,6 +48,7 @@ def _wait_for_parts(store: Path, n: int, driver: subprocess.Popen[bytes]) -> Non
         time.sleep(0.05)
 
 
+@pytest.mark.slow  # a cluster, three prepare runs (~30 s): in `make test-slow`, which .ci/run runs too
 def test_a_killed_worker_and_a_killed_driver_still_give_the_single_machine_store(cluster, tmp_path) -> None:
     address, workers = cluster
     prepare_main([*COHORT, "--out", str(tmp_path / "local"), "--workers", "1"])

@@ -194,6 +194,7 @@ def test_probes_for_another_preprocessing_are_refused(artifacts, tmp_path) -> No
     assert not list((tmp_path / "repo").rglob(".staging-*"))
 
 
+@pytest.mark.slow  # concurrent publishers and readers (~20 s): in `make test-slow`, which .ci/run runs too
 def test_publish_is_atomic_for_readers_and_concurrent_publishers(artifacts, tmp_path) -> None:
     repo = tmp_path / "repo"
     seen_partial: list[str] = []
