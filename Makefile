@@ -16,7 +16,7 @@ ECG_AUGMENT ?= ecg
 PPG_RUN := runs/$(PPG_AUGMENT)-$(STEPS)
 ECG_RUN := runs/$(ECG_AUGMENT)-$(STEPS)
 
-.PHONY: install run constraints pretrain model evaluate evaluate-real evaluate-select evaluate-test ablate bench bench-serving test test-fast test-slow lint format type-check clean
+.PHONY: install run constraints pretrain model evaluate evaluate-real evaluate-select evaluate-test ablate bench bench-serving bench-litserve test test-fast test-slow lint format type-check clean
 
 $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
@@ -97,6 +97,13 @@ bench: install
 	$(BIN)/python -m benchmarks.overload --env PULSEFM_WORKERS=2 --out benchmarks/results/overload_workers2.json
 	$(BIN)/python -m benchmarks.serving
 	$(BIN)/python -m benchmarks.train_throughput --preset tiny --batch-size 64 --steps 20 --repeats 3
+
+## the gateway against LitServe 0.2.19 (its own environment: it pins its own FastAPI), ~3 min
+.venv-litserve/bin/python:
+	$(PYTHON) -m venv .venv-litserve
+	.venv-litserve/bin/python -m pip install -q litserve==0.2.19 onnxruntime numpy scipy
+bench-litserve: install .venv-litserve/bin/python
+	$(BIN)/python -m benchmarks.serving --litserve .venv-litserve/bin/python
 
 ## the serving benchmark alone (wrk; installs it with apt-get when run as root): ~10 min
 bench-serving: install

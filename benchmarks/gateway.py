@@ -530,6 +530,10 @@ def write_results_md(results_dir: Path) -> Path:
             parts.append(markdown_section(json.loads((results_dir / name).read_text())))
     if (results_dir / "serving.json").is_file():
         parts.append(serving.markdown_section(json.loads((results_dir / "serving.json").read_text())))
+    if (results_dir / "serving_litserve.json").is_file():
+        parts.append(
+            serving.litserve_section(json.loads((results_dir / "serving_litserve.json").read_text()))
+        )
     if (results_dir / "train_throughput.json").is_file():
         doc = json.loads((results_dir / "train_throughput.json").read_text())
         parts.append(train_throughput.markdown_section(doc))

@@ -23,11 +23,13 @@ Results: benchmarks/results/serving.json, serving.png, and the serving section o
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import platform
 import re
 import shutil
+import signal
 import statistics
 import subprocess
 import sys
@@ -157,6 +159,99 @@ def bodies(folder: Path) -> dict[str, tuple[Path, str]]:
     doc = folder / "body.json"
     doc.write_text(json.dumps({"modality": "ppg", "fs": 64, "segments": x.round(5).tolist()}))
     return {"binary": (npy, "application/x-npy"), "json": (doc, "application/json")}
+
+
+@contextmanager
+def litserve(python: str, model: Path) -> Iterator[str]:
+    """benchmarks/litserve_server.py under `python` (an environment with litserve installed)."""
+    port = free_port()
+    cmd = [python, "-m", "benchmarks.litserve_server", "--model", str(model), "--port", str(port)]
+    # its own process group: LitServe starts server and inference processes that must stop with it
+    proc = subprocess.Popen(cmd, cwd=ROOT, env=dict(os.environ, PYTHONPATH=str(ROOT)), start_new_session=True)
+    url = f"http://127.0.0.1:{port}"
+    body = json.dumps({"modality": "ppg", "fs": 64, "segments": synthetic_raw("ppg", 1, 64.0).tolist()})
+    try:
+        deadline = time.monotonic() + 90
+        while True:
+            try:
+                req = urllib.request.Request(
+                    url + "/v1/embed", data=body.encode(), headers={"Content-Type": "application/json"}
+                )
+                with urllib.request.urlopen(req, timeout=5):
+                    break
+            except OSError:
+                if time.monotonic() > deadline or proc.poll() is not None:
+                    raise RuntimeError("LitServe did not start") from None
+                time.sleep(0.5)
+        yield url
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            proc.wait(timeout=30)
+        time.sleep(2)  # then whatever of the group is still there (a server process outlives its parent)
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+
+
+def run_litserve(args: argparse.Namespace) -> dict[str, Any]:
+    """The gateway (1 and 2 workers), the hand-written reference and LitServe on the shipped model,
+    JSON bodies (LitServe's format), 1/16/64 clients, interleaved rounds."""
+    repo = ROOT / "model_repository"
+    path, ctype = bodies(Path(tempfile.mkdtemp(prefix="pulsefm-litserve-")))["json"]
+    clients = [1, 16, 64]
+    rows: dict[str, list[dict[str, float]]] = {}
+    with ExitStack() as stack:
+        env = {"PULSEFM_LRU_ENTRIES": "0", "PULSEFM_ACCESS_LOG": "false"}
+        urls = {
+            "gateway": stack.enter_context(gateway(repo, **env)),
+            "gateway x2": stack.enter_context(gateway(repo, PULSEFM_WORKERS="2", **env)),
+            "reference": stack.enter_context(reference(encoder_file(repo))),
+            "litserve": stack.enter_context(litserve(args.litserve, encoder_file(repo))),
+        }
+        for rnd in range(args.rounds):
+            for n in clients:
+                for server, url in urls.items():
+                    r = wrk(url + "/v1/embed", path, ctype, n, args.seconds)
+                    rows.setdefault(f"{server}|{n}", []).append(r)
+                    failed = f"  FAILED {r['failed']:.0f}" if r["failed"] else ""
+                    print(f"round {rnd + 1} {server:10s} json {n:3d} clients: {r['per_s']:7.1f} seg/s  "
+                          f"p99 {r['p99_ms']:7.1f} ms{failed}", flush=True)  # fmt: skip
+    version = subprocess.run(
+        [args.litserve, "-c", "import litserve; print(litserve.__version__)"], capture_output=True, text=True
+    ).stdout.strip()
+    return {
+        "machine": f"{platform.platform()}, {os.cpu_count()} CPUs, Python {platform.python_version()}",
+        "command": "python -m benchmarks.serving --litserve PYTHON",
+        "when": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+        "litserve": version,
+        "seconds": args.seconds,
+        "rounds": args.rounds,
+        "clients": clients,
+        "results": {k: {m: statistics.median(r[m] for r in v) for m in v[0]} for k, v in rows.items()},
+    }
+
+
+def litserve_section(doc: dict[str, Any]) -> str:
+    res = doc["results"]
+    lines = [
+        f"## Serving: the gateway against LitServe {doc['litserve']} (wrk, JSON, 1 PPG segment/request)",
+        "",
+        f"`{doc['command']}` at {doc['when']}; {doc['machine']}; shipped model; {doc['rounds']} interleaved "
+        f"round(s) of {doc['seconds']:g} s per cell, medians; LitServe in its own environment "
+        "(`make bench-litserve`), batching 64 / 2 ms like the others. SYNTHETIC inputs.",
+        "",
+        "| clients | gateway seg/s | gateway x2 seg/s | reference seg/s | LitServe seg/s | "
+        "gateway / LitServe | gateway x2 / LitServe (goal >= 1.2) |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for n in doc["clients"]:
+        g, g2, r, lit = (res[f"{s}|{n}"]["per_s"] for s in ("gateway", "gateway x2", "reference", "litserve"))
+        best = max(g, g2) / lit
+        lines.append(
+            f"| {n} | {g:.0f} | {g2:.0f} | {r:.0f} | {lit:.0f} | {g / lit:.2f} | {g2 / lit:.2f} "
+            f"({'met' if best >= 1.2 else '**missed**'}) |"
+        )
+    return "\n".join([*lines, ""])
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
@@ -365,10 +460,24 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seconds", type=float, default=5.0, help="per wrk run")
     p.add_argument("--rounds", type=int, default=2)
     p.add_argument("--quick", action="store_true", help="the shipped model only, one round")
+    p.add_argument(
+        "--litserve",
+        metavar="PYTHON",
+        help="only the LitServe comparison, LitServe run by this interpreter (make bench-litserve)",
+    )
     args = p.parse_args(argv)
     if args.quick:
         args.rounds = 1
     ensure_wrk()
+    if args.litserve:
+        doc = run_litserve(args)
+        RESULTS.mkdir(parents=True, exist_ok=True)
+        (RESULTS / "serving_litserve.json").write_text(json.dumps(doc, indent=2))
+        print("\n" + litserve_section(doc))
+        from benchmarks.gateway import write_results_md
+
+        print(f"wrote {RESULTS / 'serving_litserve.json'} and {write_results_md(RESULTS)}")
+        return 0
     doc = run(args)
     RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / "serving.json").write_text(json.dumps(doc, indent=2))
