@@ -100,29 +100,42 @@ def wrk(url: str, body: Path, ctype: str, clients: int, seconds: float) -> dict[
 
 
 @contextmanager
-def reference(model: Path) -> Iterator[str]:
-    port = free_port()
-    cmd = [sys.executable, "-m", "benchmarks.reference_server", "--model", str(model), "--port", str(port)]
-    proc = subprocess.Popen(cmd, cwd=ROOT)
-    url = f"http://127.0.0.1:{port}"
+def _server(name: str, cmd: list[str], probe: urllib.request.Request, **popen: Any) -> Iterator[None]:
+    """Start a server in its own process group; yield once `probe` (a request to it) answers;
+    then stop the whole group (LitServe's server and inference processes with it)."""
+    proc = subprocess.Popen(cmd, cwd=ROOT, start_new_session=True, **popen)
     try:
-        body = npy_bytes(synthetic_raw("ppg", 1, 64.0))
-        deadline = time.monotonic() + 60
+        deadline = time.monotonic() + 90
         while True:
             try:
-                req = urllib.request.Request(
-                    url + "/v1/embed?fs=64", data=body, headers={"Content-Type": "application/x-npy"}
-                )
-                with urllib.request.urlopen(req, timeout=5):
+                with urllib.request.urlopen(probe, timeout=5):
                     break
             except OSError:
                 if time.monotonic() > deadline or proc.poll() is not None:
-                    raise RuntimeError("reference server did not start") from None
+                    raise RuntimeError(f"{name} did not start") from None
                 time.sleep(0.3)
-        yield url
+        yield
     finally:
-        proc.terminate()
-        proc.wait(timeout=30)
+        os.killpg(proc.pid, signal.SIGTERM)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            proc.wait(timeout=30)
+        time.sleep(2)  # then whatever of the group is still there (a server process outlives its parent)
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+
+
+@contextmanager
+def reference(model: Path) -> Iterator[str]:
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    cmd = [sys.executable, "-m", "benchmarks.reference_server", "--model", str(model), "--port", str(port)]
+    probe = urllib.request.Request(
+        url + "/v1/embed?fs=64",
+        data=npy_bytes(synthetic_raw("ppg", 1, 64.0)),
+        headers={"Content-Type": "application/x-npy"},
+    )
+    with _server("reference server", cmd, probe):
+        yield url
 
 
 def recipe_repo(root: Path) -> Path:
@@ -165,32 +178,14 @@ def bodies(folder: Path) -> dict[str, tuple[Path, str]]:
 def litserve(python: str, model: Path) -> Iterator[str]:
     """benchmarks/litserve_server.py under `python` (an environment with litserve installed)."""
     port = free_port()
-    cmd = [python, "-m", "benchmarks.litserve_server", "--model", str(model), "--port", str(port)]
-    # its own process group: LitServe starts server and inference processes that must stop with it
-    proc = subprocess.Popen(cmd, cwd=ROOT, env=dict(os.environ, PYTHONPATH=str(ROOT)), start_new_session=True)
     url = f"http://127.0.0.1:{port}"
+    cmd = [python, "-m", "benchmarks.litserve_server", "--model", str(model), "--port", str(port)]
     body = json.dumps({"modality": "ppg", "fs": 64, "segments": synthetic_raw("ppg", 1, 64.0).tolist()})
-    try:
-        deadline = time.monotonic() + 90
-        while True:
-            try:
-                req = urllib.request.Request(
-                    url + "/v1/embed", data=body.encode(), headers={"Content-Type": "application/json"}
-                )
-                with urllib.request.urlopen(req, timeout=5):
-                    break
-            except OSError:
-                if time.monotonic() > deadline or proc.poll() is not None:
-                    raise RuntimeError("LitServe did not start") from None
-                time.sleep(0.5)
+    probe = urllib.request.Request(
+        url + "/v1/embed", data=body.encode(), headers={"Content-Type": "application/json"}
+    )
+    with _server("LitServe", cmd, probe, env=dict(os.environ, PYTHONPATH=str(ROOT))):
         yield url
-    finally:
-        os.killpg(proc.pid, signal.SIGTERM)
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            proc.wait(timeout=30)
-        time.sleep(2)  # then whatever of the group is still there (a server process outlives its parent)
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, signal.SIGKILL)
 
 
 def run_litserve(args: argparse.Namespace) -> dict[str, Any]:
