@@ -12,7 +12,7 @@ canary when sha256(modality, client) falls below the fraction, so one client nev
 embeddings of two versions mixed while the fraction stays put (raising it only adds clients).
 
 Several workers and replicas share one repository: a change is a read-modify-write of the file
-under an exclusive lock (`changing`), and every gateway re-reads the file when its `stamp` moves
+under an exclusive lock (`changing`), and every gateway re-reads the file when its `stamp` (a digest) changes
 (service/state.py `watch`), so an admin call answered by one worker reaches all of them.
 """
 
@@ -88,16 +88,16 @@ def save(repo: Path, rollouts: dict[str, Rollout]) -> None:
     Path(tmp).replace(path)
 
 
-def file_stamp(path: Path) -> tuple[int, int, int] | None:
-    """What changes when a file is rewritten by replacing it (its inode moves too); None: absent."""
+def file_stamp(path: Path) -> str | None:
+    """A digest of a small file's content (None: absent). Not its stat: two rewrites within one
+    clock tick can leave the same size and mtime, and a freed inode is soon used again."""
     try:
-        st = Path(path).stat()
+        return hashlib.sha256(Path(path).read_bytes()).hexdigest()
     except FileNotFoundError:
         return None
-    return st.st_ino, st.st_size, st.st_mtime_ns
 
 
-def stamp(repo: Path) -> tuple[int, int, int] | None:
+def stamp(repo: Path) -> str | None:
     return file_stamp(Path(repo) / ROLLOUT_FILE)
 
 

@@ -57,7 +57,7 @@ class Budget:
 RELOAD_FILE = ".reload"  # rewritten by /v1/admin/reload: the other workers and replicas reload too
 
 
-def request_reload(repo: Path) -> tuple[int, int, int] | None:
+def request_reload(repo: Path) -> str | None:
     """Leave the reload marker in the repository (atomically); its stamp, or None if read-only."""
     path = Path(repo) / RELOAD_FILE
     try:
@@ -73,8 +73,8 @@ def request_reload(repo: Path) -> tuple[int, int, int] | None:
 class Marks:
     """The admin marks in the repository this process has followed (see `watch`)."""
 
-    rollout: tuple[int, int, int] | None = None
-    reload: tuple[int, int, int] | None = None
+    rollout: str | None = None
+    reload: str | None = None
 
 
 @dataclass

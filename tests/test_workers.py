@@ -128,7 +128,7 @@ def test_an_admin_call_reaches_every_worker(tmp_path) -> None:
         admin_call(
             "/v1/admin/rollout", {"modality": "ppg", "candidate": 2, "mode": "canary", "fraction": 1.0}
         )
-        assert _wait(lambda: versions(4) == {2}, 20)
+        time.sleep(2.5)  # every worker follows within PULSEFM_WATCH_ADMIN_S (1 s)
         assert versions(24) == {2}, "a worker still answers from before the canary"
         for _ in range(6):  # whichever worker takes it knows the candidate another one started
             promoted = admin_call("/v1/admin/promote", {"modality": "ppg"})
@@ -138,7 +138,7 @@ def test_an_admin_call_reaches_every_worker(tmp_path) -> None:
                 "/v1/admin/rollout", {"modality": "ppg", "candidate": 2, "mode": "canary", "fraction": 1.0}
             )
         admin_call("/v1/admin/rollback", {"modality": "ppg"})
-        assert _wait(lambda: versions(4) == {1}, 20)
+        time.sleep(2.5)
         assert versions(24) == {1}
         history = json.loads((repo / "rollout.json").read_text())["ppg"]["history"]
         assert [h["action"] for h in history].count("promote") == 6  # no change lost between workers
@@ -146,8 +146,8 @@ def test_an_admin_call_reaches_every_worker(tmp_path) -> None:
         torch.save(make_artifact("ppg", 2), tmp_path / "v3.pt")
         publish(repo, tmp_path / "v3.pt", probes_doc("ppg", art, tmp_path / "v3.json"), hold=True)
         admin_call("/v1/admin/reload", {})  # one worker asked; every one loads v3
-        assert _wait(lambda: versions(4, model_version=3) == {3}, 30)
-        assert versions(24, model_version=3) == {3}
+        # each worker loads v3 within a poll (1 s) plus its load and warm-up
+        assert _wait(lambda: versions(24, model_version=3) == {3}, 30)
     finally:
         proc.send_signal(signal.SIGTERM)
         proc.wait(timeout=30)
