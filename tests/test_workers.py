@@ -32,10 +32,15 @@ def _pids(url: str, n: int) -> set[int]:
 
 
 def _wait(predicate, seconds: float) -> bool:
+    """Until `predicate()` holds. A connection reset meanwhile is "not yet": connections the kernel
+    had queued on a killed worker's own SO_REUSEPORT socket are reset when that socket goes."""
     deadline = time.monotonic() + seconds
     while time.monotonic() < deadline:
-        if predicate():
-            return True
+        try:
+            if predicate():
+                return True
+        except httpx.TransportError:
+            pass
         time.sleep(0.2)
     return False
 
