@@ -94,3 +94,26 @@ def test_real_nstdb_noise_bank_keeps_most_segments_usable() -> None:
             assert b.modality is not None
             ok.extend(process_record(b, spec_for(b.modality)).ok.tolist())
     assert np.mean(ok) >= 0.8
+
+
+def test_a_wide_cohort_spreads_physiology_and_devices_and_leaves_standard_draws_alone() -> None:
+    standard = [sample_participant(0, i) for i in range(300)]
+    wide = [sample_participant(0, i, "wide") for i in range(300)]
+    assert standard == [sample_participant(0, i, "standard") for i in range(300)]
+    assert all(w.age == s.age and w.bmi == s.bmi for w, s in zip(wide, standard, strict=True))
+    hr_std, hr_wide = (np.array([p.hr_rest for p in ps]) for ps in (standard, wide))
+    assert hr_wide.std() > 1.8 * hr_std.std()
+    assert hr_wide.max() > 100 and hr_wide.min() < 50
+
+    cfg = CohortConfig(
+        n_participants=8, recordings=3, ppg_duration_s=70, ecg_duration_s=35, modalities=("ppg",), variety="wide"
+    )
+    recs = [r for i in range(8) for r in simulate_participant(cfg, i)[1]]
+    assert len({r.n_channels for r in recs}) >= 2 and {r.n_channels for r in recs} <= {1, 2, 4}
+    assert len({r.fs for r in recs}) >= 3
+    for r in recs:
+        segs = process_record(r, spec_for("ppg"))
+        assert segs.data.shape[1:] == (4, 3840)
+        assert abs(segs.quality[0].heart_rate_bpm - r.metadata["heart_rate_bpm"]) < 6, r.recording_id
+    with pytest.raises(ValueError, match="variety"):
+        CohortConfig(variety="broad")

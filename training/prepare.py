@@ -171,6 +171,7 @@ def prepare(args: argparse.Namespace) -> SegmentStore:
             noise_bank=noise,
             ppg_duration_s=args.ppg_seconds,
             ecg_duration_s=args.ecg_seconds,
+            variety=args.variety,
         )
         settings: dict[str, Any] = {
             "source": "synthetic",
@@ -180,9 +181,11 @@ def prepare(args: argparse.Namespace) -> SegmentStore:
             "specs": specs,
         }
         settings["cohort"]["noise_bank"] = args.noise_bank  # the name, not the cache path
+        if cfg.variety == "standard":
+            del settings["cohort"]["variety"]  # a standard store's settings (and digest) as before
         done = _check_resume(out, _with_dtype(settings, args.dtype), args.overwrite)
         participants = pd.DataFrame(
-            [sample_participant(cfg.seed, i).labels() for i in range(cfg.n_participants)]
+            [sample_participant(cfg.seed, i, cfg.variety).labels() for i in range(cfg.n_participants)]
         )
         for c, start in enumerate(range(0, cfg.n_participants, args.chunk)):
             idx = list(range(start, min(start + args.chunk, cfg.n_participants)))
@@ -277,6 +280,13 @@ def build_parser(p: argparse.ArgumentParser | None = None) -> argparse.ArgumentP
     p.add_argument("--ecg-seconds", type=float, default=120.0, help="synthetic ECG recording length")
     p.add_argument(
         "--modalities", nargs="+", default=["ppg", "ecg"], choices=["ppg", "ecg"], help="synthetic modalities"
+    )
+    p.add_argument(
+        "--variety",
+        choices=["standard", "wide"],
+        default="standard",
+        help="synthetic physiology and devices: standard, or wide (the spread of real recordings; "
+        "training/synthetic.py)",
     )
     p.add_argument(
         "--noise-bank",

@@ -19,6 +19,15 @@ must be labelled *synthetic*.
     recordings  several per participant, each with its own HR offset, electrode placement
                 (ECG wave amplitudes +-5%), motion, drift and (optionally) real noise from the
                 MIT-BIH Noise Stress Test bank
+    variety     "standard" (the above), or "wide": a pretraining cohort with the physiological and
+                device spread of real recordings (issue: encoders that earn their name on real
+                signals). Resting HR gets an extra N(0, 12) bpm (clipped to [40, 140]) and each
+                recording +-6 bpm; PPG recordings come from 1, 2 or 4 distinct optical channels
+                (0.4 / 0.2 / 0.4; the pipeline fills the four inputs as it does for a user's file),
+                at a device rate of 20-128 Hz, through a sensor low-pass of 0.6-1.4x the tissue's,
+                inverted in 20 %, with 0.05-0.6 of baseline and motion; ECG recordings see a lead
+                placement that scales each wave by N(1, 0.25), an inverted lead in 10 %, a device
+                low-pass at 20-45 Hz and an SNR of 6-30 dB. A standard cohort's draws are unchanged.
 
 Deterministic by seed: participant i of seed s always has the same attributes and signals.
 """
@@ -27,7 +36,7 @@ from __future__ import annotations
 
 import re
 import warnings
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -50,6 +59,16 @@ class CohortConfig:
     modalities: tuple[str, ...] = ("ppg", "ecg")
     seed: int = 0
     noise_bank: str | None = None  # path to an NSTDB-like HDF5 (bw / em / ma datasets), or None
+    variety: str = "standard"  # or "wide" (module docstring)
+
+    def __post_init__(self) -> None:
+        if self.variety not in VARIETIES:
+            raise ValueError(f"unknown variety {self.variety!r}; choose one of {VARIETIES}")
+
+
+VARIETIES = ("standard", "wide")
+_WIDE_STREAM = 7  # the last key of a participant's extra generator in a wide cohort
+PPG_DEVICE_RATES = (20.0, 25.0, 32.0, 50.0, 64.0, 100.0, 128.0)
 
 
 @dataclass(frozen=True)
@@ -84,7 +103,15 @@ def _rng(*key: int) -> np.random.Generator:
     return np.random.default_rng(list(key))
 
 
-def sample_participant(seed: int, index: int) -> Participant:
+def sample_participant(seed: int, index: int, variety: str = "standard") -> Participant:
+    p = _standard_participant(seed, index)
+    if variety == "wide":
+        spread = _rng(seed, index, _WIDE_STREAM).normal(0, 12)
+        p = replace(p, hr_rest=float(np.clip(p.hr_rest + spread, 40, 140)))
+    return p
+
+
+def _standard_participant(seed: int, index: int) -> Participant:
     rng = _rng(seed, index)
     age = float(rng.uniform(18, 80))
     sex = int(rng.random() < 0.5)
@@ -157,11 +184,11 @@ ECG_RECORDING_INPUTS = ("hr", *(f"{w}_amp" for w in ECG_WAVES), "qrs_width", "t_
 _PPG_STREAM, _ECG_STREAM = 1, 2  # the last key of a recording's generator
 
 
-def _ecg_draws(p: Participant, rng: np.random.Generator) -> tuple[float, np.ndarray]:
+def _ecg_draws(p: Participant, rng: np.random.Generator, wide: bool = False) -> tuple[float, np.ndarray]:
     """A recording's first draws: its heart rate, and its P, Q, R, S, T amplitudes after electrode
-    placement (each wave scaled by N(1, 0.05))."""
-    hr = float(np.clip(p.hr_rest + rng.normal(0, 4), 40, 130))
-    amplitudes = np.array((1.2, -5, p.r_amp, -7.5, p.t_amp)) * rng.normal(1, 0.05, 5)
+    placement (each wave scaled by N(1, 0.05); N(1, 0.25) in a wide cohort)."""
+    hr = float(np.clip(p.hr_rest + rng.normal(0, 6 if wide else 4), 40, 150 if wide else 130))
+    amplitudes = np.array((1.2, -5, p.r_amp, -7.5, p.t_amp)) * rng.normal(1, 0.25 if wide else 0.05, 5)
     return hr, amplitudes
 
 
@@ -195,7 +222,8 @@ def _ecg(
 ) -> Record:
     import neurokit2 as nk
 
-    hr, amplitudes = _ecg_draws(p, rng)
+    wide = cfg.variety == "wide"
+    hr, amplitudes = _ecg_draws(p, rng, wide)
     ti = (-70, -15, 0, 15, p.t_angle)
     ai = tuple(amplitudes)
     bi = (0.25, 0.1, p.qrs_width, 0.1, 0.4)
@@ -217,8 +245,11 @@ def _ecg(
     x = np.asarray(x, dtype=np.float64)
     n = x.size
     x = x + 0.05 * np.std(x) * np.sin(2 * np.pi * rng.uniform(0.05, 0.3) * np.arange(n) / cfg.ecg_fs)
+    if wide:
+        lowpass = sps.butter(2, rng.uniform(20, 45), fs=cfg.ecg_fs, output="sos")
+        x = sps.sosfiltfilt(lowpass, x) * (-1.0 if rng.random() < 0.1 else 1.0)
     if bank is not None:
-        snr_db = rng.uniform(12, 30)
+        snr_db = rng.uniform(6 if wide else 12, 30)
         mix = sum(
             w * bank.sample(rng, n, cfg.ecg_fs, k)
             for k, w in zip(("bw", "em", "ma"), rng.dirichlet([2, 1, 1]), strict=True)
@@ -241,7 +272,8 @@ def _ppg(
     import neurokit2 as nk
 
     fs = cfg.ppg_fs
-    hr = float(np.clip(p.hr_rest + rng.normal(0, 4), 40, 130))
+    wide = cfg.variety == "wide"
+    hr = float(np.clip(p.hr_rest + rng.normal(0, 6 if wide else 4), 40, 150 if wide else 130))
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         base = nk.ppg_simulate(
@@ -264,8 +296,9 @@ def _ppg(
     floor = np.std(pulse)  # the sensor's noise floor, fixed: low perfusion -> lower SNR
     pulse = pulse * p.perfusion
     chans = []
+    sensor = float(rng.uniform(0.6, 1.4)) if wide else 1.0
     for c, gain in enumerate(p.channel_gain):
-        cutoff = (6.0, 5.5, 4.0, 4.5)[c] * p.tissue_cutoff_scale  # deeper wavelengths look smoother
+        cutoff = (6.0, 5.5, 4.0, 4.5)[c] * p.tissue_cutoff_scale * sensor  # deeper wavelengths look smoother
         sos = sps.butter(2, cutoff, fs=fs, output="sos")
         y = gain * sps.sosfiltfilt(sos, np.roll(pulse, c))
         y = y + rng.normal(0, 0.03 + 0.02 * c, n) * gain * floor
@@ -274,11 +307,14 @@ def _ppg(
     if bank is not None:
         wander = bank.sample(rng, n, fs, "bw")
         motion = bank.sample(rng, n, fs, "em")
-        amp = np.std(x[0]) * rng.uniform(0.05, 0.3)
+        amp = np.std(x[0]) * rng.uniform(0.05, 0.6 if wide else 0.3)
         x = x + amp * (wander + 0.5 * motion)[None] * rng.uniform(0.7, 1.3, size=(4, 1))
+    names = PPG_CHANNELS
+    if wide:
+        x, names, fs = _ppg_device(x, fs, rng)
     return Record(
         x,
-        PPG_CHANNELS,
+        names,
         fs,
         p.participant_id,
         f"{p.participant_id}-ppg{rec}",
@@ -287,11 +323,22 @@ def _ppg(
     )
 
 
+def _ppg_device(
+    x: np.ndarray, fs: float, rng: np.random.Generator
+) -> tuple[np.ndarray, tuple[str, ...], float]:
+    """A wide cohort's PPG device: 1, 2 or 4 distinct channels, its own rate, sometimes inverted."""
+    keep = ((0,), (0, 3), (0, 1, 2, 3))[int(rng.choice(3, p=(0.4, 0.2, 0.4)))]
+    device_fs = float(rng.choice(PPG_DEVICE_RATES))
+    sign = -1.0 if rng.random() < 0.2 else 1.0
+    y = sign * resample(x[list(keep)], fs, device_fs)
+    return y, tuple(PPG_CHANNELS[c] for c in keep), device_fs
+
+
 def simulate_participant(
     cfg: CohortConfig, index: int, bank: NoiseBank | None = None
 ) -> tuple[Participant, list[Record]]:
     """A participant and all their recordings (each modality in cfg.modalities)."""
-    p = sample_participant(cfg.seed, index)
+    p = sample_participant(cfg.seed, index, cfg.variety)
     records: list[Record] = []
     for r in range(cfg.recordings):
         if "ppg" in cfg.modalities:
