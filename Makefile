@@ -96,6 +96,7 @@ bench: install
 	$(BIN)/python -m benchmarks.overload
 	$(BIN)/python -m benchmarks.overload --env PULSEFM_WORKERS=2 --out benchmarks/results/overload_workers2.json
 	$(BIN)/python -m benchmarks.serving
+	$(BIN)/python -m benchmarks.serving_profile
 	$(BIN)/python -m benchmarks.train_throughput --preset tiny --batch-size 64 --steps 20 --repeats 3
 
 ## the gateway against LitServe 0.2.19 (its own environment: it pins its own FastAPI), ~3 min
@@ -105,9 +106,11 @@ bench: install
 bench-litserve: install .venv-litserve/bin/python
 	$(BIN)/python -m benchmarks.serving --litserve .venv-litserve/bin/python
 
-## the serving benchmark alone (wrk; installs it with apt-get when run as root): ~10 min
+## the serving benchmark alone (wrk; installs it with apt-get when run as root): ~10 min, then
+## where the gateway's time goes (py-spy under wrk): ~1 min
 bench-serving: install
 	$(BIN)/python -m benchmarks.serving
+	$(BIN)/python -m benchmarks.serving_profile
 
 ## what CI runs: lint, type-check, then the fast test suite
 test: install lint type-check

@@ -67,6 +67,13 @@ def npy_bytes(x: np.ndarray) -> bytes:
 
 @contextmanager
 def gateway(repo: Path, **env: str) -> Iterator[str]:
+    with gateway_process(repo, **env) as (url, _):
+        yield url
+
+
+@contextmanager
+def gateway_process(repo: Path, **env: str) -> Iterator[tuple[str, int]]:
+    """`pulse-fm serve` on a free port with `env`; yields (url, pid) once /readyz answers 200."""
     port = free_port()
     environ = dict(os.environ, PULSEFM_REPO=str(repo), **env)
     cmd = [sys.executable, "-m", "pulsefm.cli", "serve", "--port", str(port), "--log-level", "warning"]
@@ -84,7 +91,7 @@ def gateway(repo: Path, **env: str) -> Iterator[str]:
             if time.monotonic() > deadline or proc.poll() is not None:
                 raise RuntimeError("gateway did not become ready")
             time.sleep(0.2)
-        yield url
+        yield url, proc.pid
     finally:
         proc.terminate()
         proc.wait(timeout=30)
@@ -519,7 +526,7 @@ def main(argv: list[str] | None = None) -> int:
 def write_results_md(results_dir: Path) -> Path:
     """benchmarks/RESULTS.md from the JSON of each benchmark's last run (gateway, overload, serving,
     training throughput)."""
-    from benchmarks import serving, train_throughput
+    from benchmarks import serving, serving_profile, train_throughput
     from benchmarks.overload import markdown_section
 
     parts = []
@@ -530,6 +537,9 @@ def write_results_md(results_dir: Path) -> Path:
             parts.append(markdown_section(json.loads((results_dir / name).read_text())))
     if (results_dir / "serving.json").is_file():
         parts.append(serving.markdown_section(json.loads((results_dir / "serving.json").read_text())))
+    if (results_dir / "serving_profile.json").is_file():
+        doc = json.loads((results_dir / "serving_profile.json").read_text())
+        parts.append(serving_profile.markdown_section(doc))
     if (results_dir / "serving_litserve.json").is_file():
         parts.append(
             serving.litserve_section(json.loads((results_dir / "serving_litserve.json").read_text()))

@@ -106,7 +106,12 @@ def test_a_wide_cohort_spreads_physiology_and_devices_and_leaves_standard_draws_
     assert hr_wide.max() > 100 and hr_wide.min() < 50
 
     cfg = CohortConfig(
-        n_participants=8, recordings=3, ppg_duration_s=70, ecg_duration_s=35, modalities=("ppg",), variety="wide"
+        n_participants=8,
+        recordings=3,
+        ppg_duration_s=70,
+        ecg_duration_s=35,
+        modalities=("ppg",),
+        variety="wide",
     )
     recs = [r for i in range(8) for r in simulate_participant(cfg, i)[1]]
     assert len({r.n_channels for r in recs}) >= 2 and {r.n_channels for r in recs} <= {1, 2, 4}

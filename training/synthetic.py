@@ -309,7 +309,7 @@ def _ppg(
         motion = bank.sample(rng, n, fs, "em")
         amp = np.std(x[0]) * rng.uniform(0.05, 0.6 if wide else 0.3)
         x = x + amp * (wander + 0.5 * motion)[None] * rng.uniform(0.7, 1.3, size=(4, 1))
-    names = PPG_CHANNELS
+    names: tuple[str, ...] = PPG_CHANNELS
     if wide:
         x, names, fs = _ppg_device(x, fs, rng)
     return Record(
