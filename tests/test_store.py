@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import os
 import shutil
 from pathlib import Path
 
@@ -170,3 +171,28 @@ def test_folder_chunks_keep_each_participant_whole(tmp_path: Path) -> None:
     for i, a in enumerate(owners):  # no participant in two chunks
         assert all(not (a & b) for b in owners[i + 1 :])
     assert [len(c) for c in chunks] == [4, 5, 4]  # a+b, c, d+solo1+solo2
+
+
+def test_atomic_write_replaces_whole_files_and_leaves_nothing_on_failure(tmp_path: Path) -> None:
+    from training.storage import Location, atomic_write
+
+    target = tmp_path / "deep" / "card.json"
+    atomic_write(target, lambda tmp: tmp.write_text("v1"))
+    old_umask = os.umask(0o022)
+    try:
+        atomic_write(target, lambda tmp: tmp.write_text("v2"))
+    finally:
+        os.umask(old_umask)
+    assert target.read_text() == "v2"
+    assert target.stat().st_mode & 0o044 == 0o044  # the umask's permissions (Triton may read as another user)
+
+    def broken(tmp: Path) -> None:
+        tmp.write_text("half")
+        raise OSError("disk full")
+
+    with pytest.raises(OSError, match="disk full"):
+        atomic_write(target, broken)
+    assert target.read_text() == "v2"
+    assert sorted(p.name for p in target.parent.iterdir()) == ["card.json"]
+    Location(tmp_path).write_bytes("deep/shard.npy", b"\x93NUMPY")
+    assert sorted(p.name for p in target.parent.iterdir()) == ["card.json", "shard.npy"]

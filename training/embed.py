@@ -385,7 +385,7 @@ def aggregate(df: pd.DataFrame, by: str = "participant_id") -> pd.DataFrame:
 
 
 def write_embeddings(df: pd.DataFrame, out: Path, meta: dict[str, Any]) -> None:
-    from training.store import atomic_write
+    from training.storage import atomic_write
 
     out.parent.mkdir(parents=True, exist_ok=True)
     atomic_write(out, lambda tmp: df.to_parquet(tmp, index=False))

@@ -43,7 +43,7 @@ from pulsefm import contract as C
 from pulsefm.cli import HelpFormatter
 from training.embed import load_artifact
 from training.export import build_encoder, build_probes, config_pbtxt
-from training.store import atomic_write
+from training.storage import atomic_write
 
 versions = C.versions_on_disk  # the one definition lives in the contract (the gateway reads it too)
 

@@ -12,12 +12,29 @@ from __future__ import annotations
 
 import io
 import os
-import tempfile
+import uuid
+from collections.abc import Callable
 from pathlib import Path
 
 import fsspec
 import pandas as pd
 from fsspec.implementations.local import LocalFileSystem
+
+
+def atomic_write(path: Path, write: Callable[[Path], object]) -> None:
+    """`write(tmp)` into a fresh temporary file beside `path`, then rename it onto `path`: a reader
+    sees the old file or the whole new one, two writers never share a temporary file, and a failed
+    write leaves nothing behind."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    # a unique name rather than mkstemp, so that the file gets the usual (umask) permissions: a
+    # model repository is read by Triton, often as another user
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:12]}.tmp")
+    try:
+        write(tmp)
+        tmp.replace(path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
 
 
 class Location:
@@ -70,16 +87,7 @@ class Location:
     def write_bytes(self, rel: str, data: bytes) -> None:
         """Write a whole file atomically."""
         if self.local is not None:
-            target = self.local / rel
-            target.parent.mkdir(parents=True, exist_ok=True)
-            fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
-            try:
-                with os.fdopen(fd, "wb") as fh:
-                    fh.write(data)
-                Path(tmp).replace(target)
-            except BaseException:
-                Path(tmp).unlink(missing_ok=True)
-                raise
+            atomic_write(self.local / rel, lambda tmp: tmp.write_bytes(data))
         else:
             self.fs.pipe_file(self.path(rel), data)
 

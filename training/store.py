@@ -21,7 +21,7 @@ from __future__ import annotations
 import io
 import json
 from collections import OrderedDict
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -47,13 +47,6 @@ MANIFEST_COLUMNS = [
     "sqi",
 ]
 FORMAT = 1
-
-
-def atomic_write(path: Path, write: Callable[[Path], object]) -> None:
-    """`write(tmp)` then rename onto `path`: a reader sees the old file or the whole new one."""
-    tmp = path.with_name(path.name + ".tmp")
-    write(tmp)
-    tmp.replace(path)
 
 
 def _npy_bytes(arr: np.ndarray) -> bytes:

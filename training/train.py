@@ -41,7 +41,8 @@ from training.config import PRESETS, TrainConfig, apply_overrides
 from training.loss import ContrastiveLoss
 from training.model import ContrastiveModel, EfficientNet1d, ProjectionHead, count_parameters
 from training.sampler import PairBatch, PairSampler
-from training.store import SegmentStore, atomic_write, split_participants
+from training.storage import atomic_write
+from training.store import SegmentStore, split_participants
 from training.stream import ShardStream
 
 
