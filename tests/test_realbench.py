@@ -56,6 +56,10 @@ def test_real_only_benchmark_on_the_shipped_models(tmp_path) -> None:
             f = res["features"][name]
             lo, hi = f["hr_mae_ci95"]
             assert lo <= f["hr_mae"] <= hi, (res["modality"], name)
+            by_rec = f["hr_mae_by_recording"]
+            assert set(by_rec) == set(res["recordings"])
+            weights = np.array([res["recordings"][r] for r in by_rec])
+            assert np.average(list(by_rec.values()), weights=weights) == pytest.approx(f["hr_mae"])
             if name != "predict_mean":
                 assert 0 <= f["chance"] <= f["top1_ci95"][1] <= 1 and f["queries"] > 0
         v = res["verdict"]

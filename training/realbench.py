@@ -177,6 +177,11 @@ def recording_bootstrap(
     return float(lo), float(hi)
 
 
+def _by_recording(values: np.ndarray, recording: np.ndarray) -> dict[str, float]:
+    """The mean of `values` over each recording's windows (which recording drives an error)."""
+    return {str(r): float(values[recording == r].mean()) for r in np.unique(recording)}
+
+
 def _weighted_mean(values: np.ndarray, w: np.ndarray) -> float:
     return float((values * w).sum() / w.sum()) if w.sum() > 0 else float("nan")
 
@@ -224,6 +229,7 @@ def benchmark(
         hits[name], query_rec = h, rec[idx]
         out["features"][name] = {
             "hr_mae": float(abs_err[name].mean()),
+            "hr_mae_by_recording": _by_recording(abs_err[name], rec),
             "hr_mae_ci95": recording_bootstrap(rec, partial(_weighted_mean, abs_err[name]), n_boot, seed),
             "top1": float(h.mean()) if h.size else float("nan"),
             "top1_ci95": recording_bootstrap(query_rec, partial(_weighted_mean, h), n_boot, seed)
@@ -236,6 +242,7 @@ def benchmark(
     e_mean = abs_err["predict_mean"]
     out["features"]["predict_mean"] = {
         "hr_mae": float(e_mean.mean()),
+        "hr_mae_by_recording": _by_recording(e_mean, rec),
         "hr_mae_ci95": recording_bootstrap(rec, partial(_weighted_mean, e_mean), n_boot, seed),
     }
 
