@@ -152,6 +152,9 @@ def markdown_section(doc: dict[str, Any]) -> str:
         vals = [doc["profiles"][k]["thread"].get(role, 0.0) for k in kinds]
         lines.append(f"| {role} | " + " | ".join(f"{v:.0%}" for v in vals) + " |")
     lines.append(
+        "| GIL samples | " + " | ".join(f"{doc['profiles'][k]['samples']['n']:.0f}" for k in kinds) + " |"
+    )
+    lines.append(
         "| seg/s while profiled | "
         + " | ".join(f"{doc['profiles'][k]['load']['per_s']:.0f}" for k in kinds)
         + " |"
