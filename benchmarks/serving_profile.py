@@ -22,6 +22,7 @@ import os
 import platform
 import shutil
 import subprocess
+import sys
 import tempfile
 import time
 from collections import Counter
@@ -92,7 +93,8 @@ def shares(samples: list[tuple[list[str], int]]) -> dict[str, dict[str, float]]:
 
 
 def profile(seconds: float, clients: int) -> dict[str, Any]:
-    pyspy = shutil.which("py-spy")
+    beside = Path(sys.executable).with_name("py-spy")  # the venv's, when its bin/ is not on PATH
+    pyspy = str(beside) if beside.is_file() else shutil.which("py-spy")
     if pyspy is None:
         raise SystemExit("py-spy is needed: pip install py-spy (in the dev extra)")
     tmp = Path(tempfile.mkdtemp(prefix="pulsefm-profile-"))
