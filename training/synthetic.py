@@ -184,10 +184,16 @@ ECG_RECORDING_INPUTS = ("hr", *(f"{w}_amp" for w in ECG_WAVES), "qrs_width", "t_
 _PPG_STREAM, _ECG_STREAM = 1, 2  # the last key of a recording's generator
 
 
+def _recording_hr(p: Participant, rng: np.random.Generator, wide: bool) -> float:
+    """A recording's heart rate: the participant's resting rate plus its own offset (a recording's
+    first draw, in PPG and ECG alike)."""
+    return float(np.clip(p.hr_rest + rng.normal(0, 6 if wide else 4), 40, 150 if wide else 130))
+
+
 def _ecg_draws(p: Participant, rng: np.random.Generator, wide: bool = False) -> tuple[float, np.ndarray]:
     """A recording's first draws: its heart rate, and its P, Q, R, S, T amplitudes after electrode
     placement (each wave scaled by N(1, 0.05); N(1, 0.25) in a wide cohort)."""
-    hr = float(np.clip(p.hr_rest + rng.normal(0, 6 if wide else 4), 40, 150 if wide else 130))
+    hr = _recording_hr(p, rng, wide)
     amplitudes = np.array((1.2, -5, p.r_amp, -7.5, p.t_amp)) * rng.normal(1, 0.25 if wide else 0.05, 5)
     return hr, amplitudes
 
@@ -273,7 +279,7 @@ def _ppg(
 
     fs = cfg.ppg_fs
     wide = cfg.variety == "wide"
-    hr = float(np.clip(p.hr_rest + rng.normal(0, 6 if wide else 4), 40, 150 if wide else 130))
+    hr = _recording_hr(p, rng, wide)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         base = nk.ppg_simulate(
