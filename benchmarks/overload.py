@@ -50,6 +50,8 @@ class Outcome:
     scheduled: float
     status: int  # 0 = connection failure
     latency: float
+    send_lag: float = 0.0  # the generator's own delay: from the scheduled time to this request's start
+    new_connection: bool = False  # sent on a connection opened for it (no idle keep-alive one)
 
 
 @dataclass
@@ -61,16 +63,17 @@ class Pool:
     idle: list[tuple[asyncio.StreamReader, asyncio.StreamWriter]] = field(default_factory=list)
     opened: int = 0
 
-    async def request(self, raw: bytes) -> tuple[int, bytes]:
-        """One request; a reused connection that the server closed while idle (keep-alive timeout)
-        is retried once on a new one, as HTTP clients do."""
+    async def request(self, raw: bytes) -> tuple[int, bytes, bool]:
+        """One request: (status, body, whether it went on a new connection). A reused connection
+        that the server closed while idle (keep-alive timeout) is retried once on a new one, as
+        HTTP clients do."""
         reused = bool(self.idle)
         try:
-            return await self._request(raw, self.idle.pop() if reused else None)
+            return *await self._request(raw, self.idle.pop() if reused else None), not reused
         except (ConnectionError, asyncio.IncompleteReadError):
             if not reused:
                 raise
-            return await self._request(raw, None)
+            return *await self._request(raw, None), True
 
     async def _request(
         self, raw: bytes, conn: tuple[asyncio.StreamReader, asyncio.StreamWriter] | None
@@ -113,11 +116,13 @@ HEALTHZ = b"GET /healthz HTTP/1.1\r\nHost: bench\r\n\r\n"
 
 
 async def _timed(pool: Pool, raw: bytes, scheduled: float, out: list[Outcome]) -> None:
+    lag = time.perf_counter() - scheduled
+    new = not pool.idle
     try:
-        status, _ = await pool.request(raw)
+        status, _, new = await pool.request(raw)
     except (OSError, asyncio.IncompleteReadError, ValueError):
         status = 0
-    out.append(Outcome(scheduled, status, time.perf_counter() - scheduled))
+    out.append(Outcome(scheduled, status, time.perf_counter() - scheduled, lag, new))
 
 
 async def closed_loop(pool: Pool, requests: list[bytes], clients: int, seconds: float) -> list[Outcome]:
@@ -250,6 +255,8 @@ def summarise(
 ) -> dict[str, Any]:
     ok = [o.latency for o in out if o.status == 200]
     refused = [o.latency for o in out if o.status == 429]
+    refused_new = [o.latency for o in out if o.status == 429 and o.new_connection]
+    refused_reused = [o.latency for o in out if o.status == 429 and not o.new_connection]
     return {
         "phase": name,
         "offered_rps": round(rate, 1),
@@ -264,9 +271,17 @@ def summarise(
         "admitted_p99_ms": pct(ok, 99),
         "refused_p50_ms": pct(refused, 50),
         "refused_p99_ms": pct(refused, 99),
+        # a request on a connection opened for it first waits for the gateway's event loop to
+        # accept the connection: under load that, not the refusal, is most of a 429's time
+        "refused_new_connection": len(refused_new),
+        "refused_new_connection_p99_ms": pct(refused_new, 99),
+        "refused_reused_connection_p99_ms": pct(refused_reused, 99),
         "healthz_p50_ms": pct([p.latency for p in probes], 50),
         "healthz_p99_ms": pct([p.latency for p in probes], 99),
         "healthz_failures": sum(p.status != 200 for p in probes),
+        # how late this generator itself started requests (a share of every latency above; on a
+        # shared 2-core machine it is CPU the gateway's work took from the generator)
+        "send_lag_p99_ms": pct([o.send_lag for o in out], 99),
     }
 
 
@@ -296,12 +311,13 @@ async def run(url: str, args: argparse.Namespace) -> dict[str, Any]:
     for factor in (1.0, 2.0, 4.0):
         pool.close()
         health.close()
-        b0 = batch_stats(url)
+        b0, opened = batch_stats(url), pool.opened
         meter.start()
         out, probes = await open_loop(pool, requests, capacity * factor, args.seconds, health)
         cores = meter.stop()
         b1 = batch_stats(url)
         row = summarise(f"{factor:g}x open loop", capacity * factor, args.seconds, out, probes) | cores
+        row["connections_opened"] = pool.opened - opened
         row["mean_batch"] = round((b1[0] - b0[0]) / max(1.0, b1[1] - b0[1]), 2)
         rec = await recovery(pool, requests, normal_p50)
         row["recovery_s"] = None if rec is None else round(rec, 2)
@@ -329,13 +345,22 @@ def table(result: dict[str, Any]) -> str:
         ("admitted p50 ms", "admitted_p50_ms"),
         ("admitted p99 ms", "admitted_p99_ms"),
         ("429 p99 ms", "refused_p99_ms"),
+        ("429 p99 ms, kept-alive conn.", "refused_reused_connection_p99_ms"),
+        ("429 p99 ms, new conn. (count)", "refused_new_connection"),
         ("/healthz p99 ms", "healthz_p99_ms"),
+        ("generator lag p99 ms", "send_lag_p99_ms"),
         ("mean batch", "mean_batch"),
         ("recovery s", "recovery_s"),
     ]
     lines = ["| " + " | ".join(c for c, _ in cols) + " |", "|" + "---|" * len(cols)]
+
+    def cell(p: dict[str, Any], key: str) -> str:
+        if key == "refused_new_connection" and p.get(key):
+            return f"{p['refused_new_connection_p99_ms']} ({p[key]})"
+        return "" if p.get(key) is None else str(p.get(key))
+
     for p in result["phases"]:
-        lines.append("| " + " | ".join("" if p.get(k) is None else str(p.get(k)) for _, k in cols) + " |")
+        lines.append("| " + " | ".join(cell(p, k) for _, k in cols) + " |")
     return "\n".join(lines)
 
 

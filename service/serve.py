@@ -11,6 +11,7 @@ Open http://127.0.0.1:8080/docs for the API with examples.
 from __future__ import annotations
 
 import argparse
+import gc
 import socket
 import sys
 from collections.abc import Sequence
@@ -77,6 +78,9 @@ def run_gateway(
 
     sys.setswitchinterval(settings.gil_switch_interval_ms / 1000)  # the whole process: not in the app
     config = uvicorn_config(create_app(settings), settings, host, port, log_level=log_level, log_config=None)
+    if settings.gc_freeze:  # imported modules and the app live for ever: out of the collector's view
+        gc.collect()
+        gc.freeze()
     uvicorn.Server(config).run(sockets=[sock] if sock is not None else None)
 
 

@@ -42,6 +42,12 @@ class Settings(BaseSettings):
         description="`pulse-fm serve` sets sys.setswitchinterval: the event loop waits less for the GIL "
         "behind CPU threads (benchmarks/overload.py: 4x goodput 0.85 -> 0.93 of capacity)",
     )
+    gc_freeze: bool = Field(
+        True,
+        description="`pulse-fm serve` freezes what is alive at startup (gc.freeze): the ~100k objects of "
+        "the imported libraries are no longer scanned by each full collection, which held the GIL for "
+        "70-90 ms (a 429 or /healthz waiting behind it)",
+    )
 
     # micro-batching (defaults from the Triton contract)
     max_batch: int = C.MAX_BATCH_SIZE

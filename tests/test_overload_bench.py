@@ -1,0 +1,44 @@
+"""benchmarks/overload.py's bookkeeping: phases summarised per outcome, 429s split by connection."""
+
+from __future__ import annotations
+
+from benchmarks.overload import Outcome, summarise, table
+
+
+def test_refusals_are_split_by_whether_their_connection_was_new() -> None:
+    out = [Outcome(0.0, 200, 0.010, 0.001)]
+    out += [Outcome(0.0, 429, 0.002, 0.0005) for _ in range(98)]
+    out += [Outcome(0.0, 429, 0.400, 0.002, new_connection=True) for _ in range(2)]
+    out += [Outcome(0.0, 0, 0.050, 0.0)]  # a connection failure
+    row = summarise("4x open loop", 400.0, 1.0, out, [Outcome(0.0, 200, 0.003)])
+
+    assert (row["ok"], row["refused_429"], row["connection_failures"]) == (1, 100, 1)
+    assert row["refused_new_connection"] == 2
+    assert row["refused_new_connection_p99_ms"] == 400.0
+    assert row["refused_reused_connection_p99_ms"] == 2.0
+    assert row["refused_p99_ms"] > 300  # the two slow ones are in the overall tail
+    assert row["send_lag_p99_ms"] is not None and 1.0 < row["send_lag_p99_ms"] <= 2.0
+
+    text = table({"phases": [row]})
+    header, _, line = text.splitlines()
+    cells = dict(zip(header.split(" | "), line.split(" | "), strict=True))
+    assert cells["429 p99 ms, new conn. (count)"] == "400.0 (2)"
+    assert cells["429 p99 ms, kept-alive conn."] == "2.0"
+
+
+def test_serve_freezes_the_startup_heap_unless_told_not_to(monkeypatch) -> None:
+    import gc
+    import sys
+
+    import uvicorn
+
+    from service import serve
+    from service.settings import Settings
+
+    calls: list[str] = []
+    monkeypatch.setattr(gc, "freeze", lambda: calls.append("freeze"))
+    monkeypatch.setattr(sys, "setswitchinterval", lambda seconds: None)  # this process's own stays
+    monkeypatch.setattr(uvicorn.Server, "run", lambda self, sockets=None: calls.append("run"))
+    serve.run_gateway(Settings(), "127.0.0.1", 0, "warning")
+    serve.run_gateway(Settings(gc_freeze=False), "127.0.0.1", 0, "warning")
+    assert calls == ["freeze", "run", "run"]
