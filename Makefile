@@ -90,13 +90,14 @@ model: evaluate
 	$(BIN)/pulse-fm publish --encoder $(PPG_RUN)/encoder.pt --probes reports/default/probes_ppg.json --repo $(REPO)
 	$(BIN)/pulse-fm publish --encoder $(ECG_RUN)/encoder.pt --probes reports/default/probes_ecg.json --repo $(REPO)
 
-## every benchmark, one after the other (~35 min): results/*.json and RESULTS.md, all from this run
-bench: install
+## every benchmark, one after the other (~40 min): results/*.json and RESULTS.md, all from this run
+bench: install .venv-litserve/bin/python
 	$(BIN)/python -m benchmarks.gateway
 	$(BIN)/python -m benchmarks.overload
 	$(BIN)/python -m benchmarks.overload --env PULSEFM_WORKERS=2 --out benchmarks/results/overload_workers2.json
 	$(BIN)/python -m benchmarks.serving
 	$(BIN)/python -m benchmarks.serving_profile
+	$(BIN)/python -m benchmarks.serving --litserve .venv-litserve/bin/python
 	$(BIN)/python -m benchmarks.train_throughput --preset tiny --batch-size 64 --steps 20 --repeats 3
 
 ## the gateway against LitServe 0.2.19 (its own environment: it pins its own FastAPI), ~3 min
