@@ -90,7 +90,7 @@ model: evaluate
 	$(BIN)/pulse-fm publish --encoder $(PPG_RUN)/encoder.pt --probes reports/default/probes_ppg.json --repo $(REPO)
 	$(BIN)/pulse-fm publish --encoder $(ECG_RUN)/encoder.pt --probes reports/default/probes_ecg.json --repo $(REPO)
 
-## every benchmark, one after the other (~40 min): results/*.json and RESULTS.md, all from this run
+## every benchmark, one after the other (~25 min): results/*.json and RESULTS.md, all from this run
 bench: install .venv-litserve/bin/python
 	$(BIN)/python -m benchmarks.gateway
 	$(BIN)/python -m benchmarks.overload

@@ -171,8 +171,9 @@ async def open_loop(
 
 async def recovery(
     pool: Pool, requests: list[bytes], normal_p50: float, seconds: float = 6.0
-) -> float | None:
-    """Seconds after the load stopped until every later probe is within 2x the unloaded p50."""
+) -> tuple[float | None, list[tuple[float, int, float]]]:
+    """Seconds after the load stopped until every later probe is within 2x the unloaded p50, and
+    the probes that were not: (seconds after the load, status, latency ms)."""
     start = time.perf_counter()
     seen: list[Outcome] = []
     k = 0
@@ -180,10 +181,12 @@ async def recovery(
         await _timed(pool, requests[(k * 7919) % len(requests)], time.perf_counter(), seen)
         k += 1
         await asyncio.sleep(0.1)
-    for i, o in enumerate(seen):
-        if all(p.status == 200 and p.latency <= 2 * normal_p50 for p in seen[i:]):
-            return o.scheduled - start
-    return None
+    slow = [o for o in seen if o.status != 200 or o.latency > 2 * normal_p50]
+    late = [(round(o.scheduled - start, 2), o.status, round(o.latency * 1000, 1)) for o in slow]
+    if not slow:
+        return 0.0, late
+    after = [o for o in seen if o.scheduled > slow[-1].scheduled]
+    return (after[0].scheduled - start if after else None), late
 
 
 def _cpu_seconds(pid: int, children: bool = True) -> float:
@@ -319,7 +322,7 @@ async def run(url: str, args: argparse.Namespace) -> dict[str, Any]:
         row = summarise(f"{factor:g}x open loop", capacity * factor, args.seconds, out, probes) | cores
         row["connections_opened"] = pool.opened - opened
         row["mean_batch"] = round((b1[0] - b0[0]) / max(1.0, b1[1] - b0[1]), 2)
-        rec = await recovery(pool, requests, normal_p50)
+        rec, row["recovery_slow_probes"] = await recovery(pool, requests, normal_p50)
         row["recovery_s"] = None if rec is None else round(rec, 2)
         row["goodput_vs_capacity"] = round(row["goodput_rps"] / capacity, 3)
         phases.append(row)

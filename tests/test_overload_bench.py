@@ -42,3 +42,26 @@ def test_serve_freezes_the_startup_heap_unless_told_not_to(monkeypatch) -> None:
     serve.run_gateway(Settings(), "127.0.0.1", 0, "warning")
     serve.run_gateway(Settings(gc_freeze=False), "127.0.0.1", 0, "warning")
     assert calls == ["freeze", "run", "run"]
+
+
+def test_recovery_is_the_first_probe_after_the_last_slow_one_and_lists_the_slow_ones() -> None:
+    import asyncio
+
+    from benchmarks.overload import recovery
+
+    class OneSlowProbe:
+        def __init__(self) -> None:
+            self.calls, self.idle = 0, [object()]
+
+        async def request(self, raw: bytes) -> tuple[int, bytes, bool]:
+            self.calls += 1
+            await asyncio.sleep(0.05 if self.calls == 2 else 0.0)
+            return 200, b"", False
+
+    pool = OneSlowProbe()
+    recovered, slow = asyncio.run(
+        recovery(pool, [b"x"], normal_p50=0.005, seconds=0.6)  # type: ignore[arg-type]
+    )
+    assert pool.calls >= 4
+    assert [(status, latency >= 50) for _, status, latency in slow] == [(200, True)]
+    assert recovered is not None and slow[0][0] < recovered < 0.6
