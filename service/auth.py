@@ -34,9 +34,15 @@ KEY_HEADER = APIKeyHeader(
 LOOPBACK = frozenset({"127.0.0.1", "::1", "localhost"})
 
 
-def get_state(request: Request) -> State:
+def state_of(request: Request) -> State:
     state: State = request.app.state.pulse
     return state
+
+
+async def get_state(request: Request) -> State:
+    """The gateway's state as a dependency. `async`: FastAPI runs a plain `def` dependency in its
+    thread pool, one thread hop per request for an attribute read."""
+    return state_of(request)
 
 
 def _known(key: str | None, keys: set[str]) -> bool:
@@ -44,7 +50,7 @@ def _known(key: str | None, keys: set[str]) -> bool:
 
 
 def _settings(request: Request) -> Settings:
-    return get_state(request).settings
+    return state_of(request).settings
 
 
 async def api_key(request: Request, key: Annotated[str | None, Security(KEY_HEADER)]) -> None:

@@ -303,3 +303,38 @@ def test_full_quality_with_some_segments_cached_embeds_the_right_rows(client, re
     )[0]
     np.testing.assert_allclose(np.asarray(mixed["embeddings"]), ref, atol=1e-4)  # every row its own
     assert all(q["heart_rate_bpm"] is not None for q in mixed["quality"])
+
+
+def test_no_route_or_dependency_runs_in_the_thread_pool(tmp_path) -> None:
+    """FastAPI runs a plain `def` endpoint or dependency in its thread pool: a thread hop per
+    request (and a wait for the GIL on the way back). Every one on the app must be `async`."""
+    import inspect
+
+    from fastapi.routing import APIRoute
+
+    def is_async(call: object) -> bool:
+        if inspect.iscoroutinefunction(call):
+            return True
+        # a dependency object (APIKeyHeader): its class's method
+        return any(inspect.iscoroutinefunction(k.__dict__.get("__call__")) for k in type(call).__mro__)
+
+    def sync_calls(dependant) -> list[str]:
+        found = [] if dependant.call is None or is_async(dependant.call) else [repr(dependant.call)]
+        for sub in dependant.dependencies:
+            found += sync_calls(sub)
+        return found
+
+    def api_routes(routes: list) -> list[APIRoute]:
+        found: list[APIRoute] = []
+        for r in routes:
+            if isinstance(r, APIRoute):
+                found.append(r)
+            elif hasattr(r, "original_router"):  # an included router (FastAPI >= 0.16x)
+                found += api_routes(r.original_router.routes)
+            elif hasattr(r, "routes") and not hasattr(r, "app"):
+                found += api_routes(r.routes)
+        return found
+
+    routes = api_routes(create_app(Settings(repo=tmp_path)).routes)
+    assert {r.name for r in routes} >= {"embed", "predict", "healthz", "readyz"}
+    assert {r.name: sync_calls(r.dependant) for r in routes if sync_calls(r.dependant)} == {}
