@@ -60,7 +60,15 @@ def component(stack: list[str]) -> str:
     return OTHER
 
 
+NAMED_THREADS = (("MainThread", "event loop"), ("cpu", "CPU pool"), ("ort", "ORT pool"))
+
+
 def thread_role(stack: list[str]) -> str:
+    """By the thread's name where py-spy gives it ('thread (ID): NAME'): a callback that uvloop runs
+    has no event-loop frame under it. Else by the frames."""
+    name = next((f.partition("): ")[2] for f in stack if f.startswith("thread (") and "): " in f), "")
+    if name:
+        return next((role for prefix, role in NAMED_THREADS if name.startswith(prefix)), "other thread")
     if any("concurrent/futures/thread.py" in f for f in stack):
         return "ORT pool" if any("onnxruntime/" in f or "backends.py" in f for f in stack) else "CPU pool"
     if any(k in f for f in stack for k in ("run_forever", "uvloop", "asyncio/", "uvicorn/")):

@@ -30,6 +30,11 @@ def test_a_sample_goes_to_its_innermost_known_frame() -> None:
     assert component(samples[2][0]) == "scipy (filters, resampling)"
     assert component(["thread (0x9)", "f (x.py:1)"]) == OTHER
     assert [thread_role(s) for s, _ in samples[:4]] == ["event loop", "event loop", "CPU pool", "ORT pool"]
+    assert thread_role(["thread (7): MainThread", "embed_chunk (service/pipeline.py:217)"]) == "event loop"
+    assert thread_role(["thread (8): cpu_1", "_run_lengths (pulsefm/quality.py:52)"]) == "CPU pool"
+    assert thread_role(["thread (9): AnyIO worker thread", "run (anyio/_backends/_asyncio.py:1)"]) == (
+        "other thread"
+    )
     got = shares(samples)
     assert got["component"]["scipy (filters, resampling)"] == pytest.approx(0.4)
     assert got["thread"] == pytest.approx({"event loop": 0.5, "CPU pool": 0.4, "ORT pool": 0.1})
