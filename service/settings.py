@@ -46,7 +46,7 @@ class Settings(BaseSettings):
         True,
         description="`pulse-fm serve` freezes what is alive at startup (gc.freeze): the ~100k objects of "
         "the imported libraries are no longer scanned by each full collection, which held the GIL for "
-        "70-90 ms (a 429 or /healthz waiting behind it)",
+        "60-90 ms (a 429 or /healthz waiting behind it)",
     )
 
     # micro-batching (defaults from the Triton contract)

@@ -331,8 +331,6 @@ def test_no_route_or_dependency_runs_in_the_thread_pool(tmp_path) -> None:
                 found.append(r)
             elif hasattr(r, "original_router"):  # an included router (FastAPI >= 0.16x)
                 found += api_routes(r.original_router.routes)
-            elif hasattr(r, "routes") and not hasattr(r, "app"):
-                found += api_routes(r.routes)
         return found
 
     routes = api_routes(create_app(Settings(repo=tmp_path)).routes)
