@@ -90,10 +90,12 @@ model: evaluate
 	$(BIN)/pulse-fm publish --encoder $(PPG_RUN)/encoder.pt --probes reports/default/probes_ppg.json --repo $(REPO)
 	$(BIN)/pulse-fm publish --encoder $(ECG_RUN)/encoder.pt --probes reports/default/probes_ecg.json --repo $(REPO)
 
-## every benchmark, one after the other (~25 min): results/*.json and RESULTS.md, all from this run
+## every benchmark, one after the other (~30 min): results/*.json and RESULTS.md, all from this run
 bench: install .venv-litserve/bin/python
 	$(BIN)/python -m benchmarks.gateway
 	$(BIN)/python -m benchmarks.overload
+	$(BIN)/python -m benchmarks.overload --connection-per-request
+	$(BIN)/python -m benchmarks.overload --connection-per-request --env PULSEFM_EVENT_LOOP=uvloop --out benchmarks/results/overload_uvloop_new_connections.json
 	$(BIN)/python -m benchmarks.overload --env PULSEFM_WORKERS=2 --out benchmarks/results/overload_workers2.json
 	$(BIN)/python -m benchmarks.serving
 	$(BIN)/python -m benchmarks.serving_profile

@@ -532,7 +532,12 @@ def write_results_md(results_dir: Path) -> Path:
     parts = []
     if (results_dir / "gateway.json").is_file():
         parts.append(render_markdown(json.loads((results_dir / "gateway.json").read_text())))
-    for name in ("overload.json", "overload_workers2.json"):
+    for name in (
+        "overload.json",
+        "overload_new_connections.json",
+        "overload_uvloop_new_connections.json",
+        "overload_workers2.json",
+    ):
         if (results_dir / name).is_file():
             parts.append(markdown_section(json.loads((results_dir / name).read_text())))
     if (results_dir / "serving.json").is_file():

@@ -2,12 +2,15 @@
 
     python -m benchmarks.overload                    # shipped model_repository, 20 s per phase
     python -m benchmarks.overload --seconds 30 --segments 1 --modality ppg
+    python -m benchmarks.overload --connection-per-request   # -> results/overload_new_connections.json
 
 The gateway runs in its own process (`pulse-fm serve`, its defaults); this process is the load
 generator: raw HTTP/1.1 on asyncio sockets over uvloop (cheap: 0.03-0.12 cores, so that it takes
 little CPU from the gateway on a shared machine), requests sent on a fixed schedule whatever the
 answers (open loop), each latency measured from its *scheduled* send time, so that a stalled
-server cannot hide its queue.
+server cannot hide its queue. Requests reuse idle keep-alive connections (and open one when none
+is idle); with `--connection-per-request` every open-loop request opens its own and closes it after
+the answer, as clients without a pool do: then each request also costs an accept and a close.
 
 1. capacity: a closed loop (8 clients) for the phase length -> successful requests/s = 1x;
 2. for each of 1x, 2x, 4x: an open-loop phase at that rate, with a /healthz prober (every 50 ms)
@@ -42,6 +45,7 @@ from pulsefm.preprocess import spec_for
 
 ROOT = Path(__file__).resolve().parent.parent
 OUT = ROOT / "benchmarks" / "results" / "overload.json"
+OUT_NEW_CONNECTIONS = OUT.with_name("overload_new_connections.json")
 GOALS = {"goodput_ratio": 0.9, "refused_p99_ms": 50.0, "healthz_p99_ms": 100.0, "recovery_s": 5.0}
 
 
@@ -62,6 +66,7 @@ class Pool:
     port: int
     idle: list[tuple[asyncio.StreamReader, asyncio.StreamWriter]] = field(default_factory=list)
     opened: int = 0
+    reuse: bool = True  # False: every request on a connection of its own, closed after the answer
 
     async def request(self, raw: bytes) -> tuple[int, bytes, bool]:
         """One request: (status, body, whether it went on a new connection). A reused connection
@@ -92,7 +97,7 @@ class Pool:
         except BaseException:
             writer.close()
             raise
-        if headers.get("connection", "").lower() == "close":
+        if not self.reuse or headers.get("connection", "").lower() == "close":
             writer.close()
         else:
             self.idle.append((reader, writer))
@@ -312,6 +317,7 @@ async def run(url: str, args: argparse.Namespace) -> dict[str, Any]:
     cap = await closed_loop(pool, requests, args.capacity_clients, args.seconds)
     capacity = sum(o.status == 200 for o in cap) / args.seconds
     phases = [summarise("capacity (closed loop)", capacity, args.seconds, cap, []) | meter.stop()]
+    pool.reuse = not args.connection_per_request
     for factor in (1.0, 2.0, 4.0):
         pool.close()
         health.close()
@@ -375,7 +381,13 @@ def markdown_section(result: dict[str, Any]) -> str:
     workers = re.search(r"PULSEFM_WORKERS=(\d+)", s["command"])
     lines = [
         "## Overload: open loop at 1x, 2x, 4x capacity"
-        + (f", `--workers {workers.group(1)}`" if workers else ", one worker process"),
+        + (f", `--workers {workers.group(1)}`" if workers else ", one worker process")
+        + "".join(
+            f", `{k}={v}`"
+            for k, v in s.get("gateway_env", {}).items()
+            if k not in ("PULSEFM_LRU_ENTRIES", "PULSEFM_WORKERS")
+        )
+        + (", a new connection per request" if s.get("connection_per_request") else ""),
         "",
         f"Written by `{s['command'].strip()}` on {s.get('date', '?')} ({s['machine']}, {s['cpus']} CPUs, "
         f"Python {s['python']}); {s['modality']}, {s['segments_per_request']} segment(s) per .npy request, "
@@ -383,7 +395,13 @@ def markdown_section(result: dict[str, Any]) -> str:
         "gateway (`pulse-fm serve`, default settings) runs in its own process; the open-loop generator "
         "(raw HTTP/1.1 on asyncio streams over uvloop, latency from each request's scheduled send time) "
         "shares the machine. "
-        f"Capacity = closed-loop goodput: **{result['capacity_rps']} requests/s**; unloaded p50 "
+        + (
+            "In the open-loop phases every request opens its own connection and closes it after the "
+            "answer (clients without a connection pool); the capacity phase keeps its connections. "
+            if s.get("connection_per_request")
+            else "Requests reuse idle keep-alive connections and open one when none is idle. "
+        )
+        + f"Capacity = closed-loop goodput: **{result['capacity_rps']} requests/s**; unloaded p50 "
         f"{result['unloaded_p50_ms']} ms"
         + (f", p99 {result['unloaded_p99_ms']} ms." if result.get("unloaded_p99_ms") is not None else ".")
         + " Recovery: the first probe (one every 100 ms for 6 s) after which every probe is within 2x "
@@ -438,11 +456,19 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--segments", type=int, default=1, help="segments per request")
     p.add_argument("--seconds", type=float, default=20.0, help="length of each phase")
     p.add_argument("--capacity-clients", type=int, default=8)
-    p.add_argument("--out", type=Path, default=OUT)
+    p.add_argument(
+        "--out", type=Path, help="default: results/overload.json, or overload_new_connections.json"
+    )
+    p.add_argument(
+        "--connection-per-request",
+        action="store_true",
+        help="open-loop phases open a connection for every request (capacity: kept-alive connections)",
+    )
     p.add_argument(
         "--env", action="append", default=[], metavar="KEY=VALUE", help="gateway setting, repeatable"
     )
     args = p.parse_args(argv)
+    args.out = args.out or (OUT_NEW_CONNECTIONS if args.connection_per_request else OUT)
     argv = sys.argv[1:] if argv is None else argv
     env = dict(kv.split("=", 1) for kv in args.env)
     with gateway(args.repo, **({"PULSEFM_LRU_ENTRIES": "1"} | env)) as url:
@@ -459,12 +485,13 @@ def main(argv: list[str] | None = None) -> int:
         "inputs": "SYNTHETIC segments",
         "gateway": "pulse-fm serve in its own process; load generator in this process",
         "gateway_env": {"PULSEFM_LRU_ENTRIES": "1"} | env,
+        "connection_per_request": args.connection_per_request,
         "command": "python -m benchmarks.overload " + " ".join(argv or []),
         "date": time.strftime("%Y-%m-%d"),
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=2) + "\n")
-    if args.out == OUT:
+    if args.out in (OUT, OUT_NEW_CONNECTIONS):
         write_results_md(OUT.parent)
     print(table(result))
     for key, v in result["verdicts"].items():

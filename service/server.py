@@ -26,6 +26,7 @@ from typing import Any
 
 import httptools
 import uvicorn
+from uvicorn.protocols.http.flow_control import FlowControl
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 from service.asgi import ADMITTED_PATHS, Admission, count_refusal, refusal_bytes, request_id
@@ -65,9 +66,22 @@ class _Guarded(HttpToolsProtocol):
             CONNECTIONS_REFUSED.labels("limit").inc()
             transport.abort()
             return
-        super().connection_made(transport)
+        self._made(transport)
         CONNECTIONS.set(len(self.connections))
         self._arm(self.header_timeout_s, "header_timeout")
+
+    def _made(self, transport: asyncio.Transport) -> None:
+        """uvicorn's connection_made (0.54) without its getsockname() / getpeername() calls: each
+        releases the GIL, and the event loop then waits for a CPU thread to hand it back (up to the
+        switch interval); asyncio's transport holds both addresses already. With a new connection
+        per request at 4x capacity: 18-40 % more goodput, 429 p99 119-186 vs 190-199 ms (3 rounds
+        each, 2026-12-02). Trace-level connection logging is left out."""
+        self.connections.add(self)
+        self.transport = transport
+        self.flow = FlowControl(transport)
+        self.server = _address(transport.get_extra_info("sockname"))
+        self.client = _address(transport.get_extra_info("peername"))
+        self.scheme = "https" if transport.get_extra_info("sslcontext") else "http"
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._disarm()
@@ -176,6 +190,14 @@ class _Guarded(HttpToolsProtocol):
             self.transport.close()
 
 
+def _address(info: Any) -> tuple[str, int] | None:
+    """A transport's sockname / peername as uvicorn gives it to the app: (host, port) for TCP (the
+    gateway listens on TCP only, `pulse-fm serve --host --port`)."""
+    if isinstance(info, list | tuple) and len(info) >= 2:
+        return (str(info[0]), int(info[1]))
+    return None
+
+
 def guarded_protocol(settings: Settings, admission: Admission | None = None) -> type[HttpToolsProtocol]:
     """The httptools protocol with this gateway's deadlines, connection cap and early refusals
     (`admission`: the app's own, see `create_app`)."""
@@ -203,5 +225,6 @@ def uvicorn_config(app: Any, settings: Settings, host: str, port: int, **kwargs:
         timeout_keep_alive=max(1, round(settings.keepalive_timeout_s)),
         timeout_graceful_shutdown=max(1, round(settings.shutdown_timeout_s)),
         access_log=False,
+        loop=settings.event_loop,
         **kwargs,
     )

@@ -37,6 +37,13 @@ class Settings(BaseSettings):
         1, ge=1, le=64, description="gateway processes on one socket (pulse-fm serve; one per core)"
     )
     cpu_workers: int = Field(2, description="threads for decoding + preprocessing (their own bounded pool)")
+    event_loop: Literal["asyncio", "uvloop"] = Field(
+        "asyncio",
+        description="the gateway's event loop. uvloop runs libuv without the GIL and takes it again for "
+        "each I/O callback, so beside the CPU threads every accept and read waits for the GIL: with a new "
+        "connection per request at 4x overload it collapsed (429 p99 22 s); asyncio takes it once per loop "
+        "turn (benchmarks/RESULTS.md, overload sections)",
+    )
     gil_switch_interval_ms: float = Field(
         1.0,
         description="`pulse-fm serve` sets sys.setswitchinterval: the event loop waits less for the GIL "

@@ -65,3 +65,43 @@ def test_recovery_is_the_first_probe_after_the_last_slow_one_and_lists_the_slow_
     assert pool.calls >= 4
     assert [(status, latency >= 50) for _, status, latency in slow] == [(200, True)]
     assert recovered is not None and slow[0][0] < recovered < 0.6
+
+
+def test_a_pool_without_reuse_opens_a_connection_per_request() -> None:
+    """--connection-per-request: every request on its own connection (each one accepted by the
+    server), closed after the answer; the default pool reuses one kept-alive connection."""
+    import asyncio
+    import contextlib
+
+    from benchmarks.overload import Pool
+
+    answer = b"HTTP/1.1 429 Too Many Requests\r\ncontent-length: 2\r\n\r\n{}"
+
+    async def scenario(reuse: bool) -> tuple[int, int, list[int], list[bool]]:
+        accepted = 0
+
+        async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            nonlocal accepted
+            accepted += 1
+            with contextlib.suppress(asyncio.IncompleteReadError, ConnectionError):
+                while await reader.readuntil(b"\r\n\r\n"):
+                    writer.write(answer)
+                    await writer.drain()
+            writer.close()
+
+        server = await asyncio.start_server(handle, "127.0.0.1", 0)
+        port = server.sockets[0].getsockname()[1]
+        pool = Pool("127.0.0.1", port, reuse=reuse)
+        statuses: list[int] = []
+        news: list[bool] = []
+        for _ in range(5):
+            status, body, new = await pool.request(b"GET / HTTP/1.1\r\nHost: t\r\n\r\n")
+            statuses.append(status)
+            news.append(new)
+            assert body == b"{}"
+        pool.close()
+        server.close()
+        return accepted, len(pool.idle), statuses, news
+
+    assert asyncio.run(scenario(reuse=False)) == (5, 0, [429] * 5, [True] * 5)
+    assert asyncio.run(scenario(reuse=True)) == (1, 0, [429] * 5, [True] + [False] * 4)
