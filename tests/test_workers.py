@@ -156,3 +156,32 @@ def test_an_admin_call_reaches_every_worker(tmp_path) -> None:
     finally:
         proc.send_signal(signal.SIGTERM)
         proc.wait(timeout=30)
+
+
+def test_a_workers_socket_gives_its_connections_tcp_nodelay() -> None:
+    """asyncio sets TCP_NODELAY only on accepted sockets whose proto is IPPROTO_TCP: a worker's
+    socket bound with proto 0 gave every answer (head and body written apart) a ~40 ms wait for the
+    client's delayed ACK (2 workers: unloaded p50 48 ms against 7 ms with one)."""
+    import asyncio
+    import socket
+
+    from service.workers import bind
+
+    async def accepted_nodelay() -> int:
+        got: asyncio.Future[int] = asyncio.get_running_loop().create_future()
+
+        class Probe(asyncio.Protocol):
+            def connection_made(self, transport: asyncio.BaseTransport) -> None:
+                sock = transport.get_extra_info("socket")
+                got.set_result(sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY))
+                transport.close()
+
+        sock = bind("127.0.0.1", 0)
+        server = await asyncio.get_running_loop().create_server(Probe, sock=sock)
+        _, writer = await asyncio.open_connection("127.0.0.1", sock.getsockname()[1])
+        value = await asyncio.wait_for(got, 10)
+        writer.close()
+        server.close()
+        return value
+
+    assert asyncio.run(accepted_nodelay()) != 0
