@@ -29,7 +29,6 @@ import asyncio
 import json
 import os
 import platform
-import re
 import sys
 import time
 import urllib.request
@@ -378,15 +377,13 @@ def table(result: dict[str, Any]) -> str:
 
 def markdown_section(result: dict[str, Any]) -> str:
     s = result["setup"]
-    workers = re.search(r"PULSEFM_WORKERS=(\d+)", s["command"])
+    env = s.get("gateway_env", {})
+    workers = env.get("PULSEFM_WORKERS")
+    others = [f", `{k}={v}`" for k, v in env.items() if k not in ("PULSEFM_LRU_ENTRIES", "PULSEFM_WORKERS")]
     lines = [
         "## Overload: open loop at 1x, 2x, 4x capacity"
-        + (f", `--workers {workers.group(1)}`" if workers else ", one worker process")
-        + "".join(
-            f", `{k}={v}`"
-            for k, v in s.get("gateway_env", {}).items()
-            if k not in ("PULSEFM_LRU_ENTRIES", "PULSEFM_WORKERS")
-        )
+        + (f", `--workers {workers}`" if workers else ", one worker process")
+        + "".join(others)
         + (", a new connection per request" if s.get("connection_per_request") else ""),
         "",
         f"Written by `{s['command'].strip()}` on {s.get('date', '?')} ({s['machine']}, {s['cpus']} CPUs, "
