@@ -22,15 +22,26 @@ import numpy as np
 from service.metrics import CACHE_BREAKER_OPEN, CACHE_BYPASSED, CACHE_ERRORS, CACHE_HITS, CACHE_MISSES
 
 
-def cache_key(
-    model: str, version: int, preprocess_version: str, encoder_sha: str, fs: float, x: np.ndarray
-) -> str:
-    """One raw segment (C, T) at `fs` -> its cache key."""
+def segment_digest(fs: float, x: np.ndarray) -> str:
+    """sha256 of one raw segment (C, T) at `fs`: the input half of its cache key. hashlib lets go of
+    the GIL while it hashes a segment, and the thread that asks for the GIL back then waits behind
+    the CPU threads: digests are made in the CPU pool (service/pipeline.py), not on the event loop."""
     x = np.ascontiguousarray(x, dtype=np.float32)
     h = hashlib.sha256()
     h.update(f"{fs:.6f}|{x.shape}|".encode())
     h.update(x.tobytes())
-    return f"pulsefm:emb:{model}:v{version}:{preprocess_version}:{encoder_sha[:12]}:{h.hexdigest()}"
+    return h.hexdigest()
+
+
+def key_for(model: str, version: int, preprocess_version: str, encoder_sha: str, digest: str) -> str:
+    return f"pulsefm:emb:{model}:v{version}:{preprocess_version}:{encoder_sha[:12]}:{digest}"
+
+
+def cache_key(
+    model: str, version: int, preprocess_version: str, encoder_sha: str, fs: float, x: np.ndarray
+) -> str:
+    """One raw segment (C, T) at `fs` -> its cache key."""
+    return key_for(model, version, preprocess_version, encoder_sha, segment_digest(fs, x))
 
 
 class Cache(Protocol):

@@ -20,7 +20,7 @@ from __future__ import annotations
 import io
 import math
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import msgspec
@@ -55,6 +55,9 @@ class Batch:
     windows: Windows
     model_version: int | None = None
     quality: str = "basic"
+    # window -> sha256 of its raw samples (service/cache.py segment_digest), made with the parse in
+    # the CPU pool when the cache is on
+    digests: dict[int, str] = field(default_factory=dict)
 
 
 def fail(reason: str, detail: str, segment: int | None = None) -> ValidationFailed:

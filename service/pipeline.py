@@ -29,7 +29,7 @@ import numpy as np
 from pulsefm import contract as C
 from pulsefm.plausibility import OUT_OF_DISTRIBUTION
 from pulsefm.quality import FLAT_LINE
-from service.cache import cache_key, decode, encode
+from service.cache import decode, encode, key_for, segment_digest
 from service.decoding import Batch, Limits, parse_batch
 from service.errors import NonFiniteOutput, NotReady, Problem, UnknownModel
 from service.metrics import (
@@ -128,9 +128,15 @@ class Pipeline:
         return out
 
     async def validate(self, body: Body) -> Batch:
-        batch: Batch = await self._cpu(
-            "validation", parse_batch, body.data, body.content_type, body.shape, body.query, self.limits
-        )
+        batch: Batch = await self._cpu("validation", self._parse, body)
+        return batch
+
+    def _parse(self, body: Body) -> Batch:
+        """In the CPU pool: the parse, and (cache on) each usable window's digest for its key."""
+        batch = parse_batch(body.data, body.content_type, body.shape, body.query, self.limits)
+        if self.state.cache.enabled:
+            for w in batch.windows.usable():
+                batch.digests[w] = segment_digest(batch.fs, batch.windows.take([w])[0])
         return batch
 
     def resolve(self, batch: Batch, client: str | None = None) -> ModelVersion:
@@ -146,7 +152,7 @@ class Pipeline:
         return mv
 
     async def lookup(
-        self, mv: ModelVersion, batch: Batch, segs: np.ndarray
+        self, mv: ModelVersion, batch: Batch, chunk: list[int], segs: np.ndarray
     ) -> tuple[list[str], list[bool], np.ndarray]:
         """Cache keys per window, which were found, and what was found (validated: a stored value
         of the wrong length or with NaN is a miss, counted, and overwritten)."""
@@ -154,8 +160,12 @@ class Pipeline:
             return [""] * len(segs), [False] * len(segs), np.empty((len(segs), C.EMBED_DIM), np.float32)
         t0 = time.perf_counter()
         name = C.model_name(mv.modality, "encoder")
+        if any(w not in batch.digests for w in chunk):  # a batch not made by `validate`
+            made = await self._cpu("cache", digests, batch.fs, segs)
+            batch.digests.update(zip(chunk, made, strict=True))
         keys = [
-            cache_key(name, mv.version, mv.preprocess_version, mv.encoder_sha256, batch.fs, s) for s in segs
+            key_for(name, mv.version, mv.preprocess_version, mv.encoder_sha256, batch.digests[w])
+            for w in chunk
         ]
         stored = await self.state.cache.get_many(keys)
         found = np.empty((len(keys), C.EMBED_DIM), dtype=np.float32)
@@ -178,7 +188,7 @@ class Pipeline:
         the batcher, checked and cached. Windows that fail are rejected in `batch.windows`."""
         win = batch.windows
         segs = win.take(chunk)
-        keys, hit, found = await self.lookup(mv, batch, segs)
+        keys, hit, found = await self.lookup(mv, batch, chunk, segs)
         for j, w in enumerate(chunk):
             if hit[j]:
                 emb[w], quality.cached[w] = found[j], True
@@ -321,3 +331,7 @@ class Pipeline:
         if res.predictions is not None:
             targets = [o["target"] for o in mv.outputs]
             self.state.drift.observe_predictions(mv.modality, mv.version, targets, res.predictions[:-1])
+
+
+def digests(fs: float, segs: np.ndarray) -> list[str]:
+    return [segment_digest(fs, s) for s in segs]

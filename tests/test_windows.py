@@ -246,3 +246,19 @@ def test_client_recording_calls_give_per_window_results(tmp_path) -> None:
     assert pred.stride_s == 15 and len(pred.windows) == 5 and pred.predictions is not None
     assert [p is None for p in pred.predictions] == [not u for u in pred.usable]
     assert pred.aggregate and all("value" in o and "units" in o for o in pred.aggregate.values())
+
+
+def test_windows_after_a_rejected_one_are_cached_under_their_own_keys(client) -> None:
+    rec = REC.copy()
+    rec[:, 3840:7680] = 0.0  # the middle window is flat: rejected, the others are embedded
+    r = client.post("/v1/embed", json={"modality": "ecg", "fs": 128, "segments": [rec.tolist()]})
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert body["windows_used"] == 2
+    alone = client.post(
+        "/v1/embed",
+        json={"modality": "ecg", "fs": 128, "segments": [rec[:, a : a + 3840].tolist() for a in (0, 7680)]},
+    ).json()
+    assert [q["cached"] for q in alone["quality"]] == [True, True]
+    used = [e for e in body["embeddings"] if e is not None]
+    np.testing.assert_allclose(alone["embeddings"], used, atol=1e-6)
