@@ -135,8 +135,7 @@ class Pipeline:
         """In the CPU pool: the parse, and (cache on) each usable window's digest for its key."""
         batch = parse_batch(body.data, body.content_type, body.shape, body.query, self.limits)
         if self.state.cache.enabled:
-            for w in batch.windows.usable():
-                batch.digests[w] = segment_digest(batch.fs, batch.windows.take([w])[0])
+            batch.digests.update(window_digests(batch.windows, batch.windows.usable()))
         return batch
 
     def resolve(self, batch: Batch, client: str | None = None) -> ModelVersion:
@@ -152,17 +151,16 @@ class Pipeline:
         return mv
 
     async def lookup(
-        self, mv: ModelVersion, batch: Batch, chunk: list[int], segs: np.ndarray
+        self, mv: ModelVersion, batch: Batch, chunk: list[int]
     ) -> tuple[list[str], list[bool], np.ndarray]:
         """Cache keys per window, which were found, and what was found (validated: a stored value
         of the wrong length or with NaN is a miss, counted, and overwritten)."""
         if not self.state.cache.enabled:
-            return [""] * len(segs), [False] * len(segs), np.empty((len(segs), C.EMBED_DIM), np.float32)
+            return [""] * len(chunk), [False] * len(chunk), np.empty((len(chunk), C.EMBED_DIM), np.float32)
         t0 = time.perf_counter()
         name = C.model_name(mv.modality, "encoder")
         if any(w not in batch.digests for w in chunk):  # a batch not made by `validate`
-            made = await self._cpu("cache", digests, batch.fs, segs)
-            batch.digests.update(zip(chunk, made, strict=True))
+            batch.digests.update(await self._cpu("cache", window_digests, batch.windows, chunk))
         keys = [
             key_for(name, mv.version, mv.preprocess_version, mv.encoder_sha256, batch.digests[w])
             for w in chunk
@@ -188,7 +186,7 @@ class Pipeline:
         the batcher, checked and cached. Windows that fail are rejected in `batch.windows`."""
         win = batch.windows
         segs = win.take(chunk)
-        keys, hit, found = await self.lookup(mv, batch, chunk, segs)
+        keys, hit, found = await self.lookup(mv, batch, chunk)
         for j, w in enumerate(chunk):
             if hit[j]:
                 emb[w], quality.cached[w] = found[j], True
@@ -333,5 +331,6 @@ class Pipeline:
             self.state.drift.observe_predictions(mv.modality, mv.version, targets, res.predictions[:-1])
 
 
-def digests(fs: float, segs: np.ndarray) -> list[str]:
-    return [segment_digest(fs, s) for s in segs]
+def window_digests(win: Windows, ws: list[int]) -> dict[int, str]:
+    """Window -> sha256 of its raw samples (the input half of its cache key); CPU pool only."""
+    return {w: segment_digest(win.fs, win.take([w])[0]) for w in ws}

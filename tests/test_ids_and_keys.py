@@ -45,3 +45,17 @@ def test_key_from_digest_is_the_key_of_the_segment() -> None:
     long = rng.standard_normal((4, 9000)).astype(np.float32)
     assert segment_digest(64.0, long[:, 100:3940]) == segment_digest(64.0, long[:, 100:3940].copy())
     assert segment_digest(64.0, x[0]) != segment_digest(128.0, x[0])
+
+
+def test_window_digests_hash_each_window_of_each_recording() -> None:
+    from service.pipeline import window_digests
+    from service.windows import Windows
+
+    x = np.random.default_rng(1).standard_normal((2, 4, 9000)).astype(np.float32)
+    win = Windows(x, 64.0, 3840, np.array([0, 3840]), 60.0, 20.6)
+    got = window_digests(win, [0, 1, 3])
+    assert got == {
+        0: segment_digest(64.0, x[0, :, :3840]),
+        1: segment_digest(64.0, x[0, :, 3840:7680]),
+        3: segment_digest(64.0, x[1, :, 3840:7680]),
+    }
