@@ -77,11 +77,21 @@ def run_gateway(
     from service.server import uvicorn_config
 
     sys.setswitchinterval(settings.gil_switch_interval_ms / 1000)  # the whole process: not in the app
+    limit_blas_threads(settings.blas_threads)
     config = uvicorn_config(create_app(settings), settings, host, port, log_level=log_level, log_config=None)
     if settings.gc_freeze:  # imported modules and the app live for ever: out of the collector's view
         gc.collect()
         gc.freeze()
     uvicorn.Server(config).run(sockets=[sock] if sock is not None else None)
+
+
+def limit_blas_threads(n: int) -> None:
+    """At most `n` threads in every BLAS library loaded (numpy's and scipy's OpenBLAS), for the rest
+    of the process: a LAPACK call holds the GIL until it returns, and spread over threads that
+    compete with onnxruntime for the cores it returns later (settings `blas_threads`)."""
+    from threadpoolctl import threadpool_limits
+
+    threadpool_limits(limits=n, user_api="blas")
 
 
 if __name__ == "__main__":

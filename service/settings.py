@@ -55,6 +55,14 @@ class Settings(BaseSettings):
         "the imported libraries are no longer scanned by each full collection, which held the GIL for "
         "60-90 ms (a 429 or /healthz waiting behind it)",
     )
+    blas_threads: int = Field(
+        1,
+        ge=1,
+        description="`pulse-fm serve` limits OpenBLAS/MKL to this many threads (threadpoolctl). LAPACK calls "
+        "hold the GIL for their whole run (the drift monitor's eigvalsh); with one thread per core they "
+        "contended with onnxruntime for the cores and held it for up to 107 ms, and the event loop waited: "
+        "4x overload, 3 rounds each, 429 p99 26-37 vs 40-83 ms, longest rank 14-20 vs 48-107 ms",
+    )
 
     # micro-batching (defaults from the Triton contract)
     max_batch: int = C.MAX_BATCH_SIZE

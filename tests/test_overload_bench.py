@@ -44,6 +44,28 @@ def test_serve_freezes_the_startup_heap_unless_told_not_to(monkeypatch) -> None:
     assert calls == ["freeze", "run", "run"]
 
 
+def test_serve_limits_blas_to_the_configured_threads(monkeypatch) -> None:
+    """LAPACK holds the GIL until it returns: the gateway gives BLAS one thread by default."""
+    import sys
+
+    import numpy as np
+    import uvicorn
+    from threadpoolctl import threadpool_info, threadpool_limits
+
+    from service import serve
+    from service.settings import Settings
+
+    np.linalg.eigvalsh(np.eye(4))  # numpy's BLAS is loaded
+    monkeypatch.setattr(sys, "setswitchinterval", lambda seconds: None)
+    monkeypatch.setattr(uvicorn.Server, "run", lambda self, sockets=None: None)
+    with threadpool_limits(limits=None):  # this test process gets its own limits back afterwards
+        serve.run_gateway(Settings(gc_freeze=False), "127.0.0.1", 0, "warning")
+        blas = [p["num_threads"] for p in threadpool_info() if p["user_api"] == "blas"]
+        assert blas and set(blas) == {1}
+        serve.run_gateway(Settings(gc_freeze=False, blas_threads=2), "127.0.0.1", 0, "warning")
+        assert {p["num_threads"] for p in threadpool_info() if p["user_api"] == "blas"} == {2}
+
+
 def test_recovery_is_the_first_probe_after_the_last_slow_one_and_lists_the_slow_ones() -> None:
     import asyncio
 
