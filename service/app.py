@@ -22,6 +22,7 @@ from pulsefm import __version__
 from service.asgi import Admission, Frontdoor
 from service.backends import Backend
 from service.cache import Cache
+from service.looplag import StallWatchdog, watch_lag
 from service.registry import Registry
 from service.routes import docs, health, inference, models
 from service.settings import Settings
@@ -50,6 +51,12 @@ def lifespan_for(settings: Settings, backend: Backend | None, cache: Cache | Non
         tasks = [asyncio.create_task(start(state))]
         if settings.watch_repo_s > 0 or settings.retry_failed_s > 0 or settings.watch_admin_s > 0:
             tasks.append(asyncio.create_task(watch(state, settings.watch_repo_s)))
+        if settings.loop_lag_every_s > 0:
+            tasks.append(asyncio.create_task(watch_lag(settings.loop_lag_every_s)))
+        watchdog = None
+        if settings.loop_stall_log_ms > 0:  # a diagnostic: every thread's stack when the loop stalls
+            watchdog = StallWatchdog(settings.loop_stall_log_ms / 1000).start()
+            tasks.append(asyncio.create_task(watchdog.beats()))
         await asyncio.wait(tasks[:1], timeout=settings.startup_wait_s)  # ready at once when the backend is
         try:
             yield
@@ -62,6 +69,8 @@ def lifespan_for(settings: Settings, backend: Backend | None, cache: Cache | Non
             await state.backend.close()
             await state.cache.close()
             state.cpu.shutdown(wait=False, cancel_futures=True)
+            if watchdog is not None:
+                watchdog.stop()
 
     return lifespan
 

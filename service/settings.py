@@ -139,6 +139,15 @@ class Settings(BaseSettings):
         "this long, with Deprecation / Sunset headers; then 410 Gone",
     )
     retry_failed_s: float = Field(10.0, description="retry model versions that failed to load every N s")
+    loop_lag_every_s: float = Field(
+        0.1, ge=0, description="sample the event loop's lag every N s (pulsefm_event_loop_lag_seconds; 0 off)"
+    )
+    loop_stall_log_ms: float = Field(
+        0.0,
+        ge=0,
+        description="log every thread's stack when the event loop is stalled longer than this (a diagnostic "
+        "thread that wakes every few ms: off, 0, unless looking for a stall's cause)",
+    )
     startup_wait_s: float = Field(30.0, description="wait this long for the backend before serving 503s")
     watch_repo_s: float = Field(0.0, description="poll the repository for new versions every N s (0 = off)")
     watch_admin_s: float = Field(
