@@ -10,6 +10,11 @@ handle) for ever. `guarded_protocol` adds, per connection:
 - a cap on open connections: beyond `max_connections`, new ones are closed at once.
 Each closing is counted in `pulsefm_connections_refused_total{reason}`.
 
+An answer goes out in one write: uvicorn writes the head when the app starts its answer and the
+body when it sends it, two `send()` system calls, and each lets go of the GIL, which the event loop
+then waits to get back behind the CPU threads. `_JoinedWrites` holds the head until the answer's
+first body message and writes both at once.
+
 It also refuses overload at the cheapest point: when every admission slot is taken, an inference
 request gets its 429 from `on_headers_complete`, before an ASGI task, a scope or the body exist
 (the gateway is GIL-bound: each refusal's Python time is taken from admitted work). The front door
@@ -45,6 +50,42 @@ class _Answered:
         self.message_event = asyncio.Event()
 
 
+class _JoinedWrites:
+    """A connection's transport whose writes are held while `hold()` is in effect and then written
+    together (`release()`); close() writes what is held first, abort() drops it. Anything else is
+    the transport's own."""
+
+    def __init__(self, transport: asyncio.Transport) -> None:
+        self.transport = transport
+        self.held: list[bytes] | None = None
+
+    def hold(self) -> None:
+        if self.held is None:
+            self.held = []
+
+    def release(self) -> None:
+        held, self.held = self.held, None
+        if held:
+            self.transport.write(held[0] if len(held) == 1 else b"".join(held))
+
+    def write(self, data: bytes | bytearray | memoryview) -> None:
+        if self.held is None:
+            self.transport.write(data)
+        elif data:
+            self.held.append(bytes(data))
+
+    def close(self) -> None:
+        self.release()
+        self.transport.close()
+
+    def abort(self) -> None:
+        self.held = None
+        self.transport.abort()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.transport, name)
+
+
 class _Guarded(HttpToolsProtocol):
     header_timeout_s = 10.0
     message_timeout_s = 61.0
@@ -72,7 +113,8 @@ class _Guarded(HttpToolsProtocol):
         # connection per request at 4x capacity: 18-40 % more goodput, 429 p99 119-186 vs 190-199 ms
         # (3 rounds each, 2026-12-02). Trace-level connection logging is left out.
         self.connections.add(self)
-        self.transport = transport
+        self.writes = _JoinedWrites(transport)
+        self.transport = self.writes  # type: ignore[assignment]
         self.flow = FlowControl(transport)
         self.server = _address(transport.get_extra_info("sockname"))
         self.client = _address(transport.get_extra_info("peername"))
@@ -156,18 +198,30 @@ class _Guarded(HttpToolsProtocol):
         self.transport.close()
 
     def _start_asgi_task(self, cycle: Any, app: Any) -> None:
-        """An answer the app left unfinished (the front door's write deadline, or a crash after the
-        first byte) aborts the connection: uvicorn's close() would wait to flush a buffer that a
-        client that does not read never drains."""
-        transport = self.transport
+        """The answer's head waits for its first body message (one write for both); an answer the
+        app left unfinished (the front door's write deadline, or a crash after the first byte)
+        aborts the connection: uvicorn's close() would wait to flush a buffer that a client that
+        does not read never drains."""
+        writes = self.writes
+
+        async def joined(message: Any, send: Any) -> None:
+            if message["type"] == "http.response.start":
+                writes.hold()
+                await send(message)
+                return
+            try:
+                await send(message)
+            finally:
+                writes.release()
 
         async def then_abort_unfinished(scope: Any, receive: Any, send: Any) -> None:
             try:
-                await app(scope, receive, send)
+                await app(scope, receive, lambda message: joined(message, send))
             finally:
+                writes.release()
                 if cycle.response_started and not cycle.response_complete:
                     CONNECTIONS_REFUSED.labels("unfinished_answer").inc()
-                    transport.abort()
+                    writes.abort()
 
         super()._start_asgi_task(cycle, then_abort_unfinished)
 
