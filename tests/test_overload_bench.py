@@ -127,3 +127,25 @@ def test_a_pool_without_reuse_opens_a_connection_per_request() -> None:
 
     assert asyncio.run(scenario(reuse=False)) == (5, 0, [429] * 5, [True] * 5)
     assert asyncio.run(scenario(reuse=True)) == (1, 0, [429] * 5, [True] + [False] * 4)
+
+
+def test_each_ratio_is_against_the_capacity_measured_before_it() -> None:
+    """The capacity rows (one before each phase) are not judged; the text names their range."""
+    from benchmarks.overload import capacity_text, verdicts
+
+    phases = [
+        {"phase": "capacity before 2x", "goodput_rps": 200.0},
+        {"phase": "2x open loop", "goodput_vs_capacity": 0.95, "refused_p99_ms": 20.0},
+        {"phase": "capacity before 4x", "goodput_rps": 150.0},
+        {"phase": "4x open loop", "goodput_vs_capacity": 0.85, "refused_p99_ms": 30.0},
+    ]
+    for p in phases[1::2]:
+        p |= {"healthz_p99_ms": 10.0, "recovery_s": 0.0}
+    v = verdicts({"phases": phases})
+    assert v["goodput_ratio"] == {"measured": 0.85, "goal": 0.9, "met": False}
+    assert v["refused_p99_ms"]["measured"] == 30.0
+    text = capacity_text(
+        {"capacity_rps": 175.0, "capacity_range_rps": [150.0, 200.0]}, {"capacity_clients": 32}
+    )
+    assert "32 clients" in text and "175.0" in text and "150.0-200.0" in text
+    assert "180" in capacity_text({"capacity_rps": 180}, {})  # results written before the change
