@@ -1,8 +1,11 @@
-"""Shared fixtures' helpers for gateway tests: a published test repository and a uvicorn thread."""
+"""Shared fixtures' helpers for gateway tests: a published test repository, a uvicorn thread, a
+.npy body and one HTTP answer read off a raw socket."""
 
 from __future__ import annotations
 
+import io
 import shutil
+import socket
 import tempfile
 import threading
 import time
@@ -84,3 +87,24 @@ class ServerThread:
     def __exit__(self, *exc: object) -> None:
         self.server.should_exit = True
         self.thread.join(timeout=30)
+
+
+def npy(x: np.ndarray) -> bytes:
+    """`x` as a .npy body."""
+    buf = io.BytesIO()
+    np.save(buf, x)
+    return buf.getvalue()
+
+
+def read_answer(sock: socket.socket, timeout_s: float = 5.0) -> tuple[int, dict[str, str], bytes]:
+    """One whole HTTP/1.1 answer from a blocking socket: status, headers (lower-case names), body."""
+    sock.settimeout(timeout_s)
+    data = b""
+    while b"\r\n\r\n" not in data:
+        data += sock.recv(65536)
+    head, _, rest = data.partition(b"\r\n\r\n")
+    lines = head.decode("latin-1").split("\r\n")
+    headers = {k.lower(): v.strip() for k, _, v in (ln.partition(":") for ln in lines[1:])}
+    while len(rest) < int(headers.get("content-length", 0)):
+        rest += sock.recv(65536)
+    return int(lines[0].split()[1]), headers, rest

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import io
 import json
 import re
 import socket
@@ -26,7 +25,7 @@ from service.app import create_app
 from service.backends import OrtBackend
 from service.registry import ModelVersion
 from service.settings import Settings
-from tests.gateway_helpers import ServerThread, build_repo, raw_segments
+from tests.gateway_helpers import ServerThread, build_repo, npy, raw_segments, read_answer
 
 
 @pytest.fixture(scope="module")
@@ -39,12 +38,6 @@ def server(repo):
     settings = Settings(repo=repo)
     with ServerThread(create_app(settings), settings) as s:
         yield s
-
-
-def npy(x: np.ndarray) -> bytes:
-    buf = io.BytesIO()
-    np.save(buf, x)
-    return buf.getvalue()
 
 
 def _npy_header(shape: tuple[int, ...], descr: str, body: bytes = b"") -> bytes:
@@ -375,19 +368,6 @@ def test_body_bytes_in_flight_are_bounded_across_connections(strict) -> None:
     )
 
 
-def _read_answer(sock: socket.socket) -> tuple[int, dict[str, str], bytes]:
-    sock.settimeout(5)
-    data = b""
-    while b"\r\n\r\n" not in data:
-        data += sock.recv(65536)
-    head, _, rest = data.partition(b"\r\n\r\n")
-    lines = head.decode("latin-1").split("\r\n")
-    headers = {k.lower(): v.strip() for k, _, v in (ln.partition(":") for ln in lines[1:])}
-    while len(rest) < int(headers.get("content-length", 0)):
-        rest += sock.recv(65536)
-    return int(lines[0].split()[1]), headers, rest
-
-
 def test_early_refusal_answers_like_the_front_door_and_keeps_the_connection(repo) -> None:
     """With every slot taken, the server refuses from the headers alone (service/server.py): same
     JSON body and headers as any 429, its body is drained, and the connection serves the next one."""
@@ -408,7 +388,7 @@ def test_early_refusal_answers_like_the_front_door_and_keeps_the_connection(repo
                 + f"X-Request-ID: early-{i}\r\nContent-Length: {len(body)}\r\n\r\n".encode()
                 + body
             )
-            status, headers, payload = _read_answer(c)
+            status, headers, payload = read_answer(c)
             doc = json.loads(payload)
             assert status == 429 and headers["retry-after"] == "1" and headers["x-request-id"] == f"early-{i}"
             assert (
@@ -417,7 +397,7 @@ def test_early_refusal_answers_like_the_front_door_and_keeps_the_connection(repo
                 and "in flight" in doc["detail"]
             )
         c.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")  # same connection, after drained bodies
-        assert _read_answer(c)[0] == 200
+        assert read_answer(c)[0] == 200
         metrics = httpx.get(s.url + "/metrics").text
         hold.close()
         c.close()

@@ -5,7 +5,6 @@ writes that reach asyncio's socket transport per answer, whatever the answer is.
 
 from __future__ import annotations
 
-import io
 import json
 import socket
 from asyncio import selector_events
@@ -19,7 +18,7 @@ from service.app import create_app
 from service.routes.docs import assets_dir
 from service.server import _JoinedWrites
 from service.settings import Settings
-from tests.gateway_helpers import ServerThread, build_repo, raw_segments
+from tests.gateway_helpers import ServerThread, build_repo, npy, raw_segments, read_answer
 
 
 class _Recording:
@@ -84,25 +83,6 @@ def repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return build_repo(tmp_path_factory.mktemp("joined"))
 
 
-def _npy(x: np.ndarray) -> bytes:
-    buf = io.BytesIO()
-    np.save(buf, x.astype(np.float32))
-    return buf.getvalue()
-
-
-def _answer(sock: socket.socket) -> tuple[int, bytes]:
-    """One whole answer (status, body) from a blocking socket."""
-    data = b""
-    while b"\r\n\r\n" not in data:
-        data += sock.recv(65536)
-    head, _, rest = data.partition(b"\r\n\r\n")
-    fields = dict(ln.partition(b":")[::2] for ln in head.split(b"\r\n")[1:])
-    length = int({k.lower(): v for k, v in fields.items()}[b"content-length"])
-    while len(rest) < length:
-        rest += sock.recv(65536)
-    return int(head.split()[1]), rest
-
-
 def test_every_kind_of_answer_is_one_write_on_a_live_connection(
     repo: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -117,7 +97,7 @@ def test_every_kind_of_answer_is_one_write_on_a_live_connection(
         real(self, data)
 
     monkeypatch.setattr(transport, "write", counted)
-    ecg = _npy(raw_segments("ecg", 1, 128.0))
+    ecg = npy(raw_segments("ecg", 1, 128.0).astype(np.float32))
     post = "POST /v1/embed?modality=ecg&fs=128 HTTP/1.1\r\nHost: t\r\nContent-Type: application/x-npy\r\n"
     requests = [
         (post + f"Content-Length: {len(ecg)}\r\n\r\n").encode() + ecg,
@@ -132,12 +112,11 @@ def test_every_kind_of_answer_is_one_write_on_a_live_connection(
         ServerThread(create_app(settings), settings) as s,
         socket.create_connection(("127.0.0.1", s.port)) as c,
     ):
-        c.settimeout(10)
         statuses = []
         for raw in requests:
             writes.clear()
             c.sendall(raw)
-            status, body = _answer(c)
+            status, _, body = read_answer(c, timeout_s=10)
             statuses.append(status)
             assert len(writes) == 1, (raw[:40], writes)
             if status == 200 and raw.startswith(b"POST") and b"Accept" not in raw:
@@ -154,8 +133,7 @@ def test_a_streamed_answer_still_arrives_whole(repo: Path) -> None:
         ServerThread(create_app(settings), settings) as s,
         socket.create_connection(("127.0.0.1", s.port)) as c,
     ):
-        c.settimeout(10)
         c.sendall(b"GET /docs-assets/swagger-ui-bundle.js HTTP/1.1\r\nHost: t\r\n\r\n")
-        status, body = _answer(c)
+        status, _, body = read_answer(c, timeout_s=10)
     expected = (assets_dir() / "swagger-ui-bundle.js").read_bytes()
     assert status == 200 and len(expected) > 4 * 65536 and body == expected
