@@ -77,17 +77,17 @@ def parse_form(body: bytes, content_type: str) -> Upload:
     def on_part_data(data: bytes, start: int, end: int) -> None:
         parts[-1]["data"] += data[start:end]
 
-    parser = MultipartParser(
-        boundary,
-        {
-            "on_part_begin": on_part_begin,
-            "on_header_field": on_header_field,
-            "on_header_value": on_header_value,
-            "on_header_end": on_header_end,
-            "on_part_data": on_part_data,
-        },
-    )
-    try:
+    try:  # the parser's constructor refuses too (a boundary over its 256 bytes)
+        parser = MultipartParser(
+            boundary,
+            {
+                "on_part_begin": on_part_begin,
+                "on_header_field": on_header_field,
+                "on_header_value": on_header_value,
+                "on_header_end": on_header_end,
+                "on_part_data": on_part_data,
+            },
+        )
         parser.write(body)
         parser.finalize()
     except ValidationFailed:
