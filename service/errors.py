@@ -38,6 +38,10 @@ class PayloadTooLarge(ValueError):
     pass
 
 
+class UnsupportedEncoding(ValueError):
+    """A body sent with a Content-Encoding the gateway does not decode (gzip, br, ...): 415."""
+
+
 class BodyTimeout(TimeoutError):
     """The client did not send its whole body in time (slow or short body)."""
 
@@ -80,6 +84,7 @@ ERRORS: dict[type[BaseException], tuple[int, str]] = {
     NonFiniteOutput: (422, "non_finite_output"),
     ValidationFailed: (422, "validation"),
     PayloadTooLarge: (413, "too_large"),
+    UnsupportedEncoding: (415, "unsupported_encoding"),
     BodyTimeout: (408, "body_timeout"),
     Unauthorized: (401, "unauthorized"),
     Forbidden: (403, "forbidden"),

@@ -140,6 +140,7 @@ ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
         410: "a pinned version past its retirement grace period (the served versions are named)",
         408: "the body did not arrive in time",
         413: "payload over the size limit",
+        415: "a compressed body (a Content-Encoding other than identity): send it uncompressed",
         422: "invalid signal or request (reasons listed per segment); non-finite model output",
         429: "too much in flight; retry after Retry-After seconds",
         500: "a bug: the body names only the request id",

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gzip
 import json
 import re
 import socket
@@ -131,6 +132,13 @@ def hostile() -> list[tuple[str, bytes, dict[str, str], dict[str, str]]]:
             {"modality": "ecg", "fs": "128", "model_version": "9" * 5000},
         ),
         ("content-type-odd", b"\x00\x01", {"Content-Type": "multipart/x-what"}, {}),
+        (
+            "multipart-boundary-300",
+            b"--" + b"b" * 300 + b"\r\n",
+            {"Content-Type": "multipart/form-data; boundary=" + "b" * 300},
+            {},
+        ),
+        ("gzip-npy", gzip.compress(npy(ECG)), {**NPY_H, "Content-Encoding": "gzip"}, ECG_Q),
     ]
 
 
@@ -146,6 +154,30 @@ def test_hostile_bodies_get_4xx_and_the_connection_survives(server) -> None:
             assert c.get("/healthz").status_code == 200, name
         ok = c.post("/v1/embed", content=npy(ECG), headers=NPY_H, params=ECG_Q)
         assert ok.status_code == 200 and np.isfinite(ok.json()["embeddings"]).all()
+
+
+def test_a_compressed_body_is_415_naming_the_encoding(server) -> None:
+    def refused(c: httpx.Client) -> float:
+        line = re.search(
+            r'pulsefm_request_failures_total\{reason="unsupported_encoding"\} (\S+)', c.get("/metrics").text
+        )
+        return float(line.group(1)) if line else 0.0
+
+    with httpx.Client(base_url=server.url, timeout=30) as c:
+        before = refused(c)
+        for encoding in ("gzip", "br", "deflate, gzip"):
+            r = c.post(
+                "/v1/embed",
+                content=gzip.compress(npy(ECG)),
+                headers={**NPY_H, "Content-Encoding": encoding},
+                params=ECG_Q,
+            )
+            assert r.status_code == 415, (encoding, r.text)
+            assert r.json()["error"] == "unsupported_encoding" and encoding in r.json()["detail"]
+        identity = {**NPY_H, "Content-Encoding": "identity"}
+        r = c.post("/v1/embed", content=npy(ECG), headers=identity, params=ECG_Q)
+        assert r.status_code == 200, r.text
+        assert refused(c) == before + 3
 
 
 class _Exploding(OrtBackend):

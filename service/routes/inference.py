@@ -16,7 +16,7 @@ from fastapi.responses import Response
 from service import logs, schemas
 from service.auth import ApiKey, GatewayState, key_digest
 from service.decoding import JSON, NPY
-from service.errors import ClientGone
+from service.errors import ClientGone, UnsupportedEncoding
 from service.metrics import RETIRING_CALLS
 from service.pipeline import Body, Pipeline, Result
 from service.registry import ModelVersion
@@ -58,6 +58,11 @@ async def read_body(request: Request) -> Body:
     data = await request.body()  # a client leaving mid-body: ClientDisconnect, 499 (service/errors.py)
     ctype = request.headers.get("content-type", JSON)
     h = request.headers
+    encoding = h.get("content-encoding", "").strip().lower()
+    if encoding not in ("", "identity"):  # else a compressed body is refused as a malformed .npy / JSON
+        raise UnsupportedEncoding(
+            f"Content-Encoding {encoding[:40]!r} is not decoded here: send the body uncompressed"
+        )
     client = (
         h.get("x-client-id", "")[:128]
         or h.get("x-api-key")
