@@ -158,6 +158,9 @@ def read_edf(path: str | Path, **overrides: Any) -> Record:
 
     path = Path(path)
     over = {**read_sidecar(path), **overrides}
+    size_problem = _edf_size_problem(path)
+    if size_problem:  # (edflib would refuse it too, printing to the process's stdout)
+        raise RecordError(path, size_problem)
     try:
         reader = pyedflib.EdfReader(str(path))
     except Exception as exc:  # pyedflib raises OSError with a terse message
@@ -185,6 +188,30 @@ def read_edf(path: str | Path, **overrides: Any) -> Record:
     finally:
         reader.close()
     return _build(path, signal, wanted, chosen.pop(), over, meta)
+
+
+def _edf_size_problem(path: Path) -> str | None:
+    """The file's length against the one its EDF/BDF header describes (header + records x record
+    size), or None when they agree or the header is not readable enough to tell (the reader says)."""
+    with path.open("rb") as fh:
+        head = fh.read(256)
+        try:
+            header_bytes, records, signals = int(head[184:192]), int(head[236:244]), int(head[252:256])
+            if records <= 0 or not 0 < signals <= 4096:
+                return None
+            fh.seek(256 + signals * 216)
+            per_record = sum(int(fh.read(8)) for _ in range(signals))
+        except ValueError:
+            return None
+    sample_bytes = 3 if head[:1] == b"\xff" else 2  # BDF: 24-bit samples
+    expected = header_bytes + records * per_record * sample_bytes
+    actual = path.stat().st_size
+    if actual == expected:
+        return None
+    return (
+        f"the file is {actual} bytes, its header describes {expected} ({records} records of "
+        f"{per_record * sample_bytes} bytes after a {header_bytes}-byte header): truncated or padded"
+    )
 
 
 # ------------------------------------------------------------------------------------- tables

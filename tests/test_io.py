@@ -62,6 +62,35 @@ def test_edf_roundtrip_and_mixed_rates(tmp_path: Path) -> None:
         read_record(path)
 
 
+@pytest.mark.parametrize("suffix", [".edf", ".bdf"])
+def test_truncated_or_padded_edf_names_both_sizes_and_prints_nothing(
+    tmp_path: Path, suffix: str, capfd: pytest.CaptureFixture[str]
+) -> None:
+    import pyedflib
+
+    path = tmp_path / f"r{suffix}"
+    kind = pyedflib.FILETYPE_EDFPLUS if suffix == ".edf" else pyedflib.FILETYPE_BDFPLUS
+    head: dict[str, str | int | float | None] = {
+        "label": "ECG",
+        "dimension": "uV",
+        "sample_frequency": 128,
+        "physical_min": -2.0,
+        "physical_max": 2.0,
+        "digital_min": -32768,
+        "digital_max": 32767,
+    }
+    with pyedflib.EdfWriter(str(path), 1, file_type=kind) as w:
+        w.setSignalHeaders([head])
+        w.writeSamples([SIG[1].copy()])
+    whole = path.read_bytes()
+    assert read_record(path).signal.shape == (1, SIG.shape[1])
+    for broken in (whole[:-1000], whole + b"\0" * 7):
+        path.write_bytes(broken)
+        with pytest.raises(RecordError, match=rf"is {len(broken)} bytes, its header describes {len(whole)}"):
+            read_record(path)
+    assert capfd.readouterr().out == ""  # edflib prints its own refusal to stdout: it never sees these
+
+
 def test_csv_with_header_time_column_and_sidecar(tmp_path: Path) -> None:
     path = tmp_path / "a.csv"
     t_ms = np.arange(SIG.shape[1]) * 1000.0 / FS
