@@ -251,10 +251,11 @@ def to_windows(
     if picked is not None:
         arr = arr[:, picked]
     if not 1 <= arr.shape[1] <= spec.channels:
+        n = spec.channels
+        takes = "one channel" if n == 1 else f"1 to {n} channels (onto the encoder's {n} inputs, docs/api.md)"
         raise fail(
             "channels",
-            f"{modality} takes 1 to {spec.channels} channel(s) (mapped onto the encoder's {spec.channels} "
-            f"inputs, docs/api.md); got {arr.shape[1]}: pick some with channels=",
+            f"{modality} takes {takes}; got {arr.shape[1]}: pick with channels= (0-based, e.g. channels=0)",
         )
     with np.errstate(over="ignore", invalid="ignore"):
         x32 = np.ascontiguousarray(arr, dtype=np.float32)  # what the encoder's preprocessing gets

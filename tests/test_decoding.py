@@ -162,6 +162,21 @@ def test_query_parameter_classes(query: dict, reason: str) -> None:
     assert reason in reasons(npy(ECG[None]), NPY, None, query)
 
 
+@pytest.mark.parametrize(
+    ("x", "query", "says"),
+    [
+        (PPG[:3], Q, "ecg takes one channel; got 3: pick with channels="),
+        (np.concatenate([PPG, PPG[:1]]), {"modality": "ppg", "fs": "64"}, "ppg takes 1 to 4 channels"),
+    ],
+)
+def test_too_many_channels_say_how_many_the_modality_takes(x: np.ndarray, query: dict, says: str) -> None:
+    with pytest.raises(ValidationFailed) as err:
+        parse_batch(npy(x[None]), NPY, None, query, LIMITS)
+    assert err.value.problems[0].reason == "channels" and says in err.value.problems[0].detail
+    picked = parse_batch(npy(x[None]), NPY, None, {**query, "channels": "0"}, LIMITS)
+    assert picked.windows.x.shape[1] == 1
+
+
 def test_one_flat_channel_among_four_is_named() -> None:
     x = PPG.copy()
     x[2] = 7.0
