@@ -130,6 +130,56 @@ def test_every_format_gives_the_same_windows(client, tmp_path) -> None:
         np.testing.assert_allclose(emb, ref, atol=2e-2 if name == "edf" else 2e-4, err_msg=name)
 
 
+@pytest.fixture(scope="module")
+def every_format(tmp_path_factory) -> dict[str, tuple[str, bytes, dict[str, str]]]:
+    return _files(tmp_path_factory.mktemp("formats"))
+
+
+_damage = st.lists(  # (where in the file, what): a byte changed, a cut, bytes inserted, the rest dropped
+    st.tuples(
+        st.floats(0, 1),
+        st.sampled_from(["byte", "cut", "insert", "truncate", "max-int"]),
+        st.integers(0, 255),
+    ),
+    min_size=1,
+    max_size=6,
+)
+
+
+def _damaged(data: bytes, damage: list[tuple[float, str, int]]) -> bytes:
+    b = bytearray(data)
+    for where, what, value in damage:
+        i = min(int(where * len(b)), max(0, len(b) - 1))
+        if what == "byte" and b:
+            b[i] = value
+        elif what == "cut":
+            del b[i : i + value + 1]
+        elif what == "insert":
+            b[i:i] = bytes([value]) * (value % 16 + 1)
+        elif what == "truncate":
+            del b[i:]
+        else:
+            b[i : i + 8] = (2**63 - 1).to_bytes(8, "little")
+    return bytes(b)
+
+
+@hypothesis.settings(
+    max_examples=120,
+    deadline=None,
+    database=None,
+    suppress_health_check=[hypothesis.HealthCheck.function_scoped_fixture],
+)
+@hypothesis.given(
+    name=st.sampled_from(["csv", "csv-time", "tsv", "edf", "wfdb", "hdf5", "parquet", "npy", "npz", "apple"]),
+    damage=_damage,
+)
+def test_a_damaged_file_of_any_format_is_an_answer_not_a_5xx(client, every_format, name: str, damage) -> None:
+    """The readers' libraries (edflib, h5py, pyarrow, wfdb, numpy, pandas) on damaged files."""
+    filename, data, fields = every_format[name]
+    r = post(client, filename, _damaged(data, damage), **fields)
+    assert r.status_code in (200, 422), (name, r.status_code, r.text[:300])
+
+
 def test_predict_takes_an_upload_and_a_real_file(client) -> None:
     """A real recording (peakdet's ECG, 44.6 s at 1000 Hz): one 30 s window, 14.6 s dropped."""
     path = fetch("peakdet_ecg")
