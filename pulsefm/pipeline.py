@@ -89,12 +89,12 @@ def channels_for(rec: Record, spec: PreprocessSpec, channels: str | list[str] | 
         if not 1 <= len(named) <= spec.channels:
             raise RecordError(
                 rec.recording_id,
-                f"{rec.n_channels} channels {list(rec.channel_names)}; {spec.modality} takes 1 to "
-                f"{spec.channels}: choose with channels= (CLI: --channels)",
+                f"{rec.n_channels} channels {list(rec.channel_names)}; {spec.modality} takes "
+                f"{spec.channels_text}: choose with channels= (CLI: --channels)",
             )
         rec = rec.select(named)
     if rec.n_channels > spec.channels:
         raise RecordError(
-            rec.recording_id, f"{rec.n_channels} channels chosen; {spec.modality} takes 1 to {spec.channels}"
+            rec.recording_id, f"{rec.n_channels} channels chosen; {spec.modality} takes {spec.channels_text}"
         )
     return rec

@@ -44,6 +44,11 @@ class PreprocessSpec:
         return self.window / self.fs
 
     @property
+    def channels_text(self) -> str:
+        """How many channels the encoder takes, for messages: 'one channel', '1 to 4 channels'."""
+        return "one channel" if self.channels == 1 else f"1 to {self.channels} channels"
+
+    @property
     def version(self) -> str:
         """Stable id of this exact preprocessing, e.g. ``ppg-r1-1a2b3c4d``."""
         fields = asdict(self)

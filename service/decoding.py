@@ -30,6 +30,7 @@ from pulsefm import npyformat
 from pulsefm.preprocess import PreprocessSpec, spec_for
 from pulsefm.records import Modality
 from service.errors import Problem, ValidationFailed
+from service.textnumbers import decimal, integer, integers
 from service.windows import OUT_OF_RANGE, Windows, cut, parse_stride
 
 JSON, NPY, RAW = "application/json", "application/x-npy", "application/octet-stream"
@@ -77,10 +78,10 @@ def parse_modality(value: Any) -> str:
 def parse_fs(value: Any, limits: Limits, spec: PreprocessSpec) -> float:
     """A sampling rate from JSON (already a float) or a query string; finite and in range."""
     if isinstance(value, str):
-        try:
-            fs = float(value)
-        except ValueError:
-            raise fail("fs", f"fs (sampling rate, Hz) must be a number, got {value!r:.40}") from None
+        text = decimal(value)
+        if text is None:
+            raise fail("fs", f"fs (sampling rate, Hz) must be a decimal number, got {value!r:.40}")
+        fs = text
     elif isinstance(value, float):
         fs = value
     else:
@@ -95,8 +96,9 @@ def parse_version(value: Any) -> int | None:
     """None (the latest), or a version number: a JSON integer, or digits in a query string."""
     if value is None or value == "":
         return None
-    if isinstance(value, str) and re.fullmatch(r"\s*\d{1,10}\s*", value):
-        value = int(value)
+    if isinstance(value, str):
+        number = integer(value)
+        value = value if number is None else number
     if isinstance(value, int) and not isinstance(value, bool) and 0 <= value <= MAX_VERSION:
         return value
     raise fail("model_version", f"model_version must be an integer in [0, {MAX_VERSION}], got {value!r:.40}")
@@ -204,7 +206,7 @@ def decode_npy(body: bytes) -> np.ndarray:
         raise fail("npy", f".npy {exc}") from None
 
 
-_SHAPE = re.compile(r"\s*\d{1,10}\s*(?:,\s*\d{1,10}\s*){0,2}")
+_SHAPE = re.compile(r" *\d{1,10} *(?:, *\d{1,10} *){0,2}", re.ASCII)
 
 
 def decode_raw(body: bytes, shape_header: str | None) -> np.ndarray:
@@ -225,8 +227,8 @@ def parse_channels(value: Any, available: int) -> list[int] | None:
     """Channel indices to keep, in order: a JSON list of integers or "0,2" in a query string."""
     if value is None or value == "" or value == []:
         return None
-    if isinstance(value, str) and re.fullmatch(r"\s*\d{1,3}\s*(?:,\s*\d{1,3}\s*){0,15}", value):
-        value = [int(v) for v in value.split(",")]
+    if isinstance(value, str):
+        value = integers(value, most=16) or value
     if (
         isinstance(value, list)
         and all(isinstance(v, int) and not isinstance(v, bool) and 0 <= v < available for v in value)

@@ -30,6 +30,7 @@ from pulsefm.pipeline import channels_for
 from pulsefm.preprocess import PreprocessSpec
 from pulsefm.records import RecordError
 from service.errors import Problem, ValidationFailed
+from service.textnumbers import decimal
 
 MAX_PARTS = 16
 MAX_FIELD_BYTES = 1024
@@ -202,12 +203,10 @@ def read_upload(up: Upload, spec: PreprocessSpec, max_decoded_bytes: int) -> tup
     suffix = _suffix(up.filename)
     overrides: dict[str, Any] = {}
     if up.fields.get("fs"):
-        try:
-            overrides["fs"] = float(up.fields["fs"])
-        except ValueError:
-            raise fail(
-                "fs", f"fs (sampling rate, Hz) must be a number, got {up.fields['fs']!r:.40}"
-            ) from None
+        fs = decimal(up.fields["fs"])
+        if fs is None:
+            raise fail("fs", f"fs (sampling rate, Hz) must be a decimal number, got {up.fields['fs']!r:.40}")
+        overrides["fs"] = fs
     if up.fields.get("dataset"):
         overrides["dataset"] = up.fields["dataset"]
     with tempfile.TemporaryDirectory(prefix="pulsefm-upload-") as tmp:

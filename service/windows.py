@@ -22,6 +22,7 @@ import numpy as np
 from pulsefm.preprocess import PreprocessSpec
 from pulsefm.quality import NONFINITE, raw_checks
 from service.errors import NonFiniteOutput, Problem, ValidationFailed
+from service.textnumbers import decimal
 
 OUT_OF_RANGE = "out_of_range"
 NON_FINITE_OUTPUT = "non_finite_output"
@@ -83,9 +84,13 @@ def parse_stride(value: object, spec: PreprocessSpec) -> float:
     """Seconds between window starts: default one window; at least MIN_STRIDE_S."""
     if value is None or value == "":
         return spec.duration_s
-    try:
-        stride = float(value)  # type: ignore[arg-type]
-    except (TypeError, ValueError):
+    if isinstance(value, str):
+        stride = decimal(value)
+    elif isinstance(value, int | float) and not isinstance(value, bool):
+        stride = float(value)
+    else:
+        stride = None
+    if stride is None:
         stride = math.nan
     if isinstance(value, bool) or not (MIN_STRIDE_S <= stride <= 100 * spec.duration_s):
         raise ValidationFailed(

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import io
 import json
+import re
 
 import hypothesis
 import hypothesis.strategies as st
@@ -138,6 +139,8 @@ def test_big_endian_and_fortran_npy_are_read_correctly() -> None:
         "",
         " , ",
         "1;1;3840",
+        "\u0661,1,3840",  # an Arabic-Indic 1: int() takes it
+        "1,1,\uff13\uff18\uff14\uff10",  # fullwidth 3840
     ],
 )
 def test_raw_shape_classes(shape: str) -> None:
@@ -156,6 +159,15 @@ def test_raw_shape_classes(shape: str) -> None:
         ({"modality": "ecg", "fs": "128", "model_version": "1.5"}, "model_version"),
         ({"modality": "ecg", "fs": "128", "model_version": "1" * 5000}, "model_version"),
         ({"modality": "ecg", "fs": "128", "quality": "max"}, "quality"),
+        # text that float() / int() read as another number than the client meant to send
+        ({"modality": "ecg", "fs": "\u0661\u0662\u0668"}, "fs"),  # Arabic-Indic 128
+        ({"modality": "ecg", "fs": "\uff11\uff12\uff18"}, "fs"),  # fullwidth 128
+        ({"modality": "ecg", "fs": "1_28"}, "fs"),
+        ({"modality": "ecg", "fs": "128\u00a0"}, "fs"),
+        ({"modality": "ecg", "fs": "infinity"}, "fs"),
+        ({"modality": "ecg", "fs": "128", "model_version": "\u0661"}, "model_version"),
+        ({"modality": "ecg", "fs": "128", "stride_s": "1_0"}, "stride_s"),
+        ({"modality": "ecg", "fs": "128", "channels": "\u0660"}, "channels"),
     ],
 )
 def test_query_parameter_classes(query: dict, reason: str) -> None:
@@ -175,6 +187,19 @@ def test_too_many_channels_say_how_many_the_modality_takes(x: np.ndarray, query:
     assert err.value.problems[0].reason == "channels" and says in err.value.problems[0].detail
     picked = parse_batch(npy(x[None]), NPY, None, {**query, "channels": "0"}, LIMITS)
     assert picked.windows.x.shape[1] == 1
+
+
+@hypothesis.settings(max_examples=300, deadline=None, database=None)
+@hypothesis.given(text=st.text(st.sampled_from("0123456789.eE+-_ \t\u00a0\u0661\uff11nainfty"), max_size=8))
+def test_a_query_rate_is_taken_only_as_the_ascii_decimal_it_writes(text: str) -> None:
+    ascii_decimal = re.fullmatch(r"[ \t]*[+-]?(\d+(\.\d*)?|\.\d+)([eE][+-]?\d{1,4})?[ \t]*", text, re.ASCII)
+    try:
+        parse_batch(npy(ECG[None]), NPY, None, {"modality": "ecg", "fs": text}, LIMITS)
+        refused_rate = False
+    except ValidationFailed as err:  # too short at a higher rate: the rate was read
+        refused_rate = err.problems[0].reason == "fs"
+    taken = ascii_decimal is not None and 16 <= float(text) <= 4096
+    assert refused_rate != taken, text
 
 
 def test_one_flat_channel_among_four_is_named() -> None:

@@ -195,7 +195,9 @@ def test_predict_takes_an_upload_and_a_real_file(client) -> None:
     [
         ("rec.xyz", b"1\n2\n", {}, "file", "unsupported file type"),
         ("rec.csv", b"1\n2\n3\n", {}, "fs", "pass fs"),
-        ("rec.csv", b"1\n2\n3\n", {"fs": "fast"}, "fs", "must be a number"),
+        ("rec.csv", b"1\n2\n3\n", {"fs": "fast"}, "fs", "must be a decimal number"),
+        ("rec.csv", b"1\n2\n3\n", {"fs": "5_00"}, "fs", "must be a decimal number"),  # float() reads 500
+        ("rec.csv", b"1\n2\n3\n", {"fs": "\uff15\uff10\uff10"}, "fs", "must be a decimal number"),
         ("rec.csv", "\n".join(f"{v},{v}" for v in ECG_500).encode(), {"fs": "500"}, "channels", "channels="),
         ("rec.csv", b"\xff\xfe\x00garbage", {"fs": "500"}, "file", "rec.csv"),
         ("rec.csv", "\n".join(f"{v:.5f}" for v in ECG_500[:5000]).encode(), {"fs": "500"}, "too_short", "30"),
