@@ -78,10 +78,9 @@ def parse_modality(value: Any) -> str:
 def parse_fs(value: Any, limits: Limits, spec: PreprocessSpec) -> float:
     """A sampling rate from JSON (already a float) or a query string; finite and in range."""
     if isinstance(value, str):
-        text = decimal(value)
-        if text is None:
+        fs = decimal(value)
+        if fs is None:
             raise fail("fs", f"fs (sampling rate, Hz) must be a decimal number, got {value!r:.40}")
-        fs = text
     elif isinstance(value, float):
         fs = value
     else:
@@ -253,8 +252,8 @@ def to_windows(
     if picked is not None:
         arr = arr[:, picked]
     if not 1 <= arr.shape[1] <= spec.channels:
-        n = spec.channels
-        takes = "one channel" if n == 1 else f"1 to {n} channels (onto the encoder's {n} inputs, docs/api.md)"
+        mapped = "" if spec.channels == 1 else f" (onto the encoder's {spec.channels} inputs, docs/api.md)"
+        takes = spec.channels_text + mapped
         raise fail(
             "channels",
             f"{modality} takes {takes}; got {arr.shape[1]}: pick with channels= (0-based, e.g. channels=0)",
