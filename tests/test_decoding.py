@@ -189,17 +189,33 @@ def test_too_many_channels_say_how_many_the_modality_takes(x: np.ndarray, query:
     assert picked.windows.x.shape[1] == 1
 
 
-@hypothesis.settings(max_examples=300, deadline=None, database=None)
+_DECIMAL_TEXT = r"[ \t]*[+-]?(\d+(\.\d*)?|\.\d+)([eE][+-]?\d{1,4})?[ \t]*"
+_INTEGER_TEXT = r"[ \t]*\d{1,18}[ \t]*"
+
+
+@pytest.mark.parametrize(
+    ("param", "written", "lo", "hi"),
+    [
+        ("fs", _DECIMAL_TEXT, 16, 4096),
+        ("stride_s", _DECIMAL_TEXT, 1, 3000),
+        ("model_version", _INTEGER_TEXT, 0, 2**31 - 1),
+    ],
+)
+@hypothesis.settings(max_examples=200, deadline=None, database=None)
 @hypothesis.given(text=st.text(st.sampled_from("0123456789.eE+-_ \t\u00a0\u0661\uff11nainfty"), max_size=8))
-def test_a_query_rate_is_taken_only_as_the_ascii_decimal_it_writes(text: str) -> None:
-    ascii_decimal = re.fullmatch(r"[ \t]*[+-]?(\d+(\.\d*)?|\.\d+)([eE][+-]?\d{1,4})?[ \t]*", text, re.ASCII)
+def test_a_query_number_is_taken_only_as_the_ascii_number_it_writes(
+    param: str, written: str, lo: float, hi: float, text: str
+) -> None:
+    query = {"modality": "ecg", "fs": "128", param: text}
     try:
-        parse_batch(npy(ECG[None]), NPY, None, {"modality": "ecg", "fs": text}, LIMITS)
-        refused_rate = False
+        parse_batch(npy(ECG[None]), NPY, None, query, LIMITS)
+        refused = False
     except ValidationFailed as err:  # too short at a higher rate: the rate was read
-        refused_rate = err.problems[0].reason == "fs"
-    taken = ascii_decimal is not None and 16 <= float(text) <= 4096
-    assert refused_rate != taken, text
+        refused = err.problems[0].reason == param
+    if text == "" and param != "fs":
+        return  # an empty stride_s / model_version means the default
+    taken = re.fullmatch(written, text, re.ASCII) is not None and lo <= float(text) <= hi
+    assert refused != taken, (param, text)
 
 
 def test_one_flat_channel_among_four_is_named() -> None:
