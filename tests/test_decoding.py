@@ -200,6 +200,7 @@ _INTEGER_TEXT = r"[ \t]*\d{1,18}[ \t]*"
         ("stride_s", _DECIMAL_TEXT, 1, 3000),
         ("model_version", _INTEGER_TEXT, 0, 2**31 - 1),
     ],
+    ids=["fs", "stride_s", "model_version"],
 )
 @hypothesis.settings(max_examples=200, deadline=None, database=None)
 @hypothesis.given(text=st.text(st.sampled_from("0123456789.eE+-_ \t\u00a0\u0661\uff11nainfty"), max_size=8))
