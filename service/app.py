@@ -16,12 +16,15 @@ import contextlib
 from collections.abc import AsyncIterator, Callable
 from concurrent.futures import ThreadPoolExecutor
 
-from fastapi import FastAPI
+from fastapi import FastAPI, Request, Response
+from fastapi.exception_handlers import http_exception_handler
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from pulsefm import __version__
 from service.asgi import Admission, Frontdoor
 from service.backends import Backend
 from service.cache import Cache
+from service.errors import MethodNotAllowed, NotFound
 from service.looplag import StallWatchdog, watch_lag
 from service.registry import Registry
 from service.routes import docs, health, inference, models
@@ -75,6 +78,19 @@ def lifespan_for(settings: Settings, backend: Backend | None, cache: Cache | Non
     return lifespan
 
 
+async def routing_errors(request: Request, exc: Exception) -> Response:
+    """The router's own 404 and 405 become errors of the table (service/errors.py), answered by the
+    front door like every other: the same JSON body with the request id, counted by reason."""
+    assert isinstance(exc, StarletteHTTPException)
+    path = request.url.path[:200]
+    if exc.status_code == 404:
+        raise NotFound(f"nothing at {request.method} {path}: the routes are listed at /docs")
+    if exc.status_code == 405:
+        allow = (exc.headers or {}).get("Allow", "")
+        raise MethodNotAllowed(f"{request.method} is not allowed on {path}; allowed: {allow}", allow)
+    return await http_exception_handler(request, exc)
+
+
 def create_app(
     settings: Settings | None = None, backend: Backend | None = None, cache: Cache | None = None
 ) -> FastAPI:
@@ -93,6 +109,7 @@ def create_app(
         docs_url=None,  # service/routes/docs.py: the same pages with local assets (offline)
         redoc_url=None,
     )
+    app.add_exception_handler(StarletteHTTPException, routing_errors)
     for router in (inference.router, models.router, health.router):
         app.include_router(router)
     docs.mount(app)

@@ -25,6 +25,7 @@ import random
 import re
 import time
 from dataclasses import dataclass
+from http import HTTPStatus
 from typing import Any
 
 import orjson
@@ -35,6 +36,7 @@ from service.errors import (
     INTERNAL,
     BodyTimeout,
     ClientGone,
+    MethodNotAllowed,
     Overloaded,
     PayloadTooLarge,
     classify,
@@ -103,16 +105,22 @@ def request_id(client_value: str | None) -> str:
     return f"{_IDS.getrandbits(128):032x}"
 
 
-def refusal_bytes(rid: str, detail: str, retry_after_s: int) -> bytes:
-    """A whole HTTP/1.1 429 answer (the same body as the front door's), for the connection-level
-    fast path of service/server.py that refuses before any ASGI task exists."""
-    status, _, body = error_body(Overloaded(detail), rid)
+def answer_bytes(exc: BaseException, rid: str, headers: dict[str, str], head_only: bool = False) -> bytes:
+    """A whole HTTP/1.1 answer for `exc` (the same body as the front door's), for the connection
+    level of service/server.py, which answers before any ASGI task exists: early 429s, bytes that
+    are not HTTP, oversized heads. `head_only`: the answer to a HEAD (its Content-Length, no body)."""
+    status, _, body = error_body(exc, rid)
     payload = orjson.dumps(body)
+    extra = "".join(f"{name}: {value}\r\n" for name, value in headers.items())
     head = (
-        f"HTTP/1.1 {status} Too Many Requests\r\ncontent-type: application/json\r\n"
-        f"content-length: {len(payload)}\r\nretry-after: {retry_after_s}\r\nx-request-id: {rid}\r\n\r\n"
+        f"HTTP/1.1 {status} {HTTPStatus(status).phrase}\r\ncontent-type: application/json\r\n"
+        f"content-length: {len(payload)}\r\n{extra}x-request-id: {rid}\r\n\r\n"
     )
-    return head.encode("latin-1") + payload
+    return head.encode("latin-1") + (b"" if head_only else payload)
+
+
+def refusal_bytes(rid: str, detail: str, retry_after_s: int) -> bytes:
+    return answer_bytes(Overloaded(detail), rid, {"retry-after": str(retry_after_s)})
 
 
 def count_refusal(path: str, seconds: float) -> None:
@@ -120,6 +128,15 @@ def count_refusal(path: str, seconds: float) -> None:
     FAILURES.labels("overloaded").inc()
     REQUESTS.labels(path, "429").inc()
     STAGE_SECONDS.labels("total", path).observe(seconds)
+
+
+def count_connection_answer(exc: BaseException) -> str:
+    """Count an answer the connection gave before there was a request to route (400, 431); its
+    reason."""
+    status, reason = classify(exc)
+    FAILURES.labels(reason).inc()
+    REQUESTS.labels("unmatched", str(status)).inc()
+    return reason
 
 
 def _header(scope: Scope, name: bytes) -> str | None:
@@ -210,8 +227,10 @@ class Frontdoor:
     async def _error(self, exc: BaseException, rid: str, send: Send) -> None:
         status, reason, body = error_body(exc, rid)
         FAILURES.labels(reason).inc()
-        close = isinstance(exc, BodyBudgetExceeded)
-        for message in json_answer(status, body, error_headers(status, self.retry_after_s, close)):
+        headers = error_headers(status, self.retry_after_s, close=isinstance(exc, BodyBudgetExceeded))
+        if isinstance(exc, MethodNotAllowed):
+            headers["allow"] = exc.allow
+        for message in json_answer(status, body, headers):
             await send(message)
 
     async def _admitted(self, scope: Scope, receive: Receive, send: Send) -> None:

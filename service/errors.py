@@ -58,6 +58,30 @@ class UnknownModel(LookupError):
     """No such modality or version in the repository."""
 
 
+class NotFound(LookupError):
+    """No route at this path (404); the router's own answer, through the table."""
+
+
+class MethodNotAllowed(LookupError):
+    """The route exists but not for this method (405); `allow` is the Allow header."""
+
+    def __init__(self, detail: str, allow: str) -> None:
+        super().__init__(detail)
+        self.allow = allow
+
+
+class MalformedHttp(ValueError):
+    """Bytes that are not an HTTP/1.1 request (400, then close); answered by the connection."""
+
+
+class UriTooLong(ValueError):
+    """A request target longer than the HTTP parser takes (414, then close)."""
+
+
+class HeadersTooLarge(ValueError):
+    """Request line + headers over `max_header_bytes` (431, then close); answered by the connection."""
+
+
 class Gone(LookupError):
     """A pinned version past its retirement grace period (410); the served versions are named."""
 
@@ -89,6 +113,11 @@ ERRORS: dict[type[BaseException], tuple[int, str]] = {
     Unauthorized: (401, "unauthorized"),
     Forbidden: (403, "forbidden"),
     UnknownModel: (404, "unknown_model"),
+    NotFound: (404, "not_found"),
+    MethodNotAllowed: (405, "method_not_allowed"),
+    MalformedHttp: (400, "bad_http"),
+    UriTooLong: (414, "uri_too_long"),
+    HeadersTooLarge: (431, "headers_too_large"),
     Gone: (410, "gone"),
     Overloaded: (429, "overloaded"),
     BackendUnavailable: (503, "backend_unavailable"),

@@ -26,6 +26,7 @@ connection still answering (pipelining), keep-alive, no `Expect: 100-continue`.
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from typing import Any
 
@@ -34,9 +35,20 @@ import uvicorn
 from uvicorn.protocols.http.flow_control import FlowControl
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
-from service.asgi import ADMITTED_PATHS, Admission, count_refusal, refusal_bytes, request_id
+from service.asgi import (
+    ADMITTED_PATHS,
+    Admission,
+    answer_bytes,
+    count_connection_answer,
+    count_refusal,
+    refusal_bytes,
+    request_id,
+)
+from service.errors import INTERNAL, HeadersTooLarge, MalformedHttp, UriTooLong, classify
 from service.metrics import CONNECTIONS, CONNECTIONS_REFUSED
 from service.settings import Settings
+
+log = logging.getLogger("pulsefm.gateway")
 
 
 class _Answered:
@@ -100,6 +112,8 @@ class _Guarded(HttpToolsProtocol):
     _head_bytes = -1  # bytes of the current request's head in earlier reads; -1: headers complete
     _head_began_now = False  # the request began in the read being parsed (its share is unknown)
     _head_refused = False
+    _upgrade_asked = False  # the request being parsed asked to upgrade (see _feed)
+    _last_answer: bytes | None = None  # written when the earlier answers are (_answer_and_close)
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         if len(self.connections) >= self.max_connections:
@@ -139,6 +153,9 @@ class _Guarded(HttpToolsProtocol):
 
     def on_headers_complete(self) -> None:
         self._head_bytes = -1
+        if self.parser.should_upgrade():  # parsed again without its Upgrade header (_without_upgrade)
+            self._upgrade_asked = True
+            return
         self._arm(self.message_timeout_s, "body_timeout")
         if self.admission is not None and self.admission.full() and self._refuse_early():
             return
@@ -165,6 +182,8 @@ class _Guarded(HttpToolsProtocol):
         return True
 
     def on_message_complete(self) -> None:
+        if self._upgrade_asked:
+            return
         # also after an answer given before the body (a 429): the deadline ran until the body ended
         self._disarm()
         super().on_message_complete()
@@ -179,7 +198,7 @@ class _Guarded(HttpToolsProtocol):
         if self._refused or self._head_refused:
             return
         self._head_began_now = False
-        super().data_received(data)
+        self._feed(data)
         # a request whose headers are still incomplete after this read: count the read (a read in
         # which the request began is not counted, so the bound is the limit plus one read)
         if self._head_bytes >= 0 and not self._head_began_now:
@@ -187,14 +206,74 @@ class _Guarded(HttpToolsProtocol):
             if self._head_bytes > self.max_header_bytes:
                 self._refuse_head()
 
-    def _refuse_head(self) -> None:
-        CONNECTIONS_REFUSED.labels("header_too_large").inc()
-        body = b'{"error":"headers_too_large","detail":"request line and headers exceed the limit"}'
-        self.transport.write(
-            b"HTTP/1.1 431 Request Header Fields Too Large\r\ncontent-type: application/json\r\n"
-            b"connection: close\r\ncontent-length: " + str(len(body)).encode() + b"\r\n\r\n" + body
+    def _feed(self, data: bytes) -> None:
+        """uvicorn's data_received, except for two answers: bytes that are not HTTP get a 400 that
+        says what the parser found; a request that asks to upgrade (h2c, websocket: this gateway
+        speaks HTTP/1.1 only) is served as the plain HTTP/1.1 request it also is. httptools takes
+        whatever follows such a request's head for the other protocol: its body was lost (the app
+        saw an empty one) and the next request on the connection hung."""
+        self._unset_keepalive_if_required()
+        try:
+            self.parser.feed_data(data)
+        except httptools.HttpParserCallbackError as exc:  # raised in a callback (uvicorn's or ours)
+            self._answer_and_close(_callback_problem(exc.__context__))
+        except httptools.HttpParserError as exc:
+            self._answer_and_close(MalformedHttp(f"not an HTTP/1.1 request: {exc}"))
+        except httptools.HttpParserUpgrade as upgrade:
+            self._without_upgrade(data[upgrade.args[0] :])
+
+    def _without_upgrade(self, rest: bytes) -> None:
+        """Parse the request that asked to upgrade again, its head without the Upgrade header, then
+        `rest` (its body and whatever followed) as HTTP/1.1."""
+        method = self.parser.get_method()
+        if not self._upgrade_asked or method == b"CONNECT":  # CONNECT is an upgrade by itself
+            self._answer_and_close(MalformedHttp(f"{method.decode('latin-1')} is not served here"))
+            return
+        self._upgrade_asked = False
+        head = b"".join(
+            [method, b" ", self.url, b" HTTP/", self.parser.get_http_version().encode(), b"\r\n"]
+            + [name + b": " + value + b"\r\n" for name, value in self.headers if name != b"upgrade"]
+            + [b"\r\n"]
         )
+        self.parser = httptools.HttpRequestParser(self)
+        self.parser.set_dangerous_leniencies(lenient_data_after_close=True)  # as uvicorn's own parser
+        self._feed(head + rest)
+
+    def send_400_response(self, msg: str) -> None:  # uvicorn's text/plain 400, should it call it
+        self._answer_and_close(MalformedHttp(msg))
+
+    def _refuse_head(self) -> None:
         self._head_refused = True
+        self._answer_and_close(HeadersTooLarge("request line and headers exceed the limit"))
+
+    def _answer_and_close(self, exc: BaseException) -> None:
+        """An answer from the error table written by the connection itself (there is no request to
+        give the app), counted like the app's answers under the route label "unmatched"; then the
+        connection closes. Earlier requests of the connection that are whole and still being
+        answered (pipelining) are answered first: nothing more is read, and the answer waits."""
+        rid = request_id(None)
+        if classify(exc) == INTERNAL:
+            log.error("request %s failed while its head was parsed", rid, exc_info=exc)
+        CONNECTIONS_REFUSED.labels(count_connection_answer(exc)).inc()
+        self._head_refused = True  # data_received reads nothing more
+        # the answer to a HEAD has no body (llhttp keeps the last method it parsed: a garbage
+        # request pipelined after a HEAD also gets the head only, then the close)
+        head_only = self.parser.get_method() == b"HEAD"
+        self._last_answer = answer_bytes(exc, rid, {"connection": "close"}, head_only)
+        earlier = self.cycle is not None and not self.cycle.response_complete and not self.cycle.more_body
+        if not (earlier or self.pipeline):
+            self._write_last_answer()
+
+    def on_response_complete(self) -> None:
+        super().on_response_complete()
+        if self._last_answer is not None and not self.pipeline and not self.transport.is_closing():
+            self._write_last_answer()
+
+    def _write_last_answer(self) -> None:
+        assert self._last_answer is not None
+        self._unset_keepalive_if_required()
+        self.transport.write(self._last_answer)
+        self._last_answer = None
         self.transport.close()
 
     def _start_asgi_task(self, cycle: Any, app: Any) -> None:
@@ -239,6 +318,17 @@ class _Guarded(HttpToolsProtocol):
         if self.transport is not None and not self.transport.is_closing():
             CONNECTIONS_REFUSED.labels(reason).inc()
             self.transport.close()
+
+
+def _callback_problem(raised: BaseException | None) -> BaseException:
+    """What an exception raised inside a parser callback says about the request: a request target
+    httptools cannot parse (its length is capped at 65535 bytes) is the client's; anything else is
+    a bug (a 500 whose traceback is logged)."""
+    if isinstance(raised, httptools.HttpParserInvalidURLError):
+        if "too long" in str(raised):
+            return UriTooLong(str(raised))
+        return MalformedHttp(f"not a valid request target: {raised}")
+    return raised if raised is not None else RuntimeError("a parser callback failed")
 
 
 def _address(info: Any) -> tuple[str, int] | None:

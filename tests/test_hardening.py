@@ -454,7 +454,7 @@ def test_oversized_headers_get_431_and_close(strict) -> None:
     assert sent < 400_000  # cut off near the 64 KiB limit (+ one read), not after everything
     assert reply.startswith(b"HTTP/1.1 431") or not reply, reply[:100]  # the 431, unless a reset beat it
     metrics = httpx.get(strict.url + "/metrics").text
-    assert 'pulsefm_connections_refused_total{reason="header_too_large"}' in metrics
+    assert 'pulsefm_connections_refused_total{reason="headers_too_large"}' in metrics
     # a large body in one write right after the headers is not mistaken for a large head
     big = npy(np.random.default_rng(1).standard_normal((8, 1, 3840)).astype(np.float32))
     r = httpx.post(strict.url + "/v1/embed", content=big, headers=NPY_H, params=ECG_Q)
