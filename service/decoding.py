@@ -91,6 +91,27 @@ def parse_fs(value: Any, limits: Limits, spec: PreprocessSpec) -> float:
     return fs
 
 
+# the parameters of a request, in the query of a .npy / raw body, or in a JSON body or a form
+PARAMETERS = ("modality", "fs", "stride_s", "channels", "model_version", "quality")
+
+
+def parameters(
+    given: dict[str, Any], query: dict[str, str], place: str, known: tuple[str, ...] = PARAMETERS
+) -> dict[str, Any]:
+    """The request's parameters: `given` in the body (`place`: "JSON body", "form") and those of
+    the query, each named once and every name known. A typo (`stirde_s`) or a value given twice
+    was silently not the one used."""
+    unknown = [name for name in query if name not in known]
+    if unknown:
+        raise fail(
+            "parameter", f"unknown query parameter {unknown[0]!r:.40}; the parameters are {', '.join(known)}"
+        )
+    twice = [name for name in query if name in given]
+    if twice:
+        raise fail("parameter", f"{twice[0]} is given in both the query and the {place}: give it once")
+    return {**given, **query}
+
+
 def parse_version(value: Any) -> int | None:
     """None (the latest), or a version number: a JSON integer, or digits in a query string."""
     if value is None or value == "":
@@ -110,12 +131,12 @@ def parse_quality(value: Any) -> str:
 
 
 # ------------------------------------------------------------------------------ JSON
-class _JsonBody(msgspec.Struct):
+class _JsonBody(msgspec.Struct, forbid_unknown_fields=True):
     segments: msgspec.Raw
     modality: str | None = None
     fs: float | None = None
     model_version: int | None = None
-    quality: Literal["basic", "full"] = "basic"
+    quality: Literal["basic", "full"] | None = None
     stride_s: float | None = None
     channels: list[int] | None = None
 
@@ -129,6 +150,7 @@ _SEGMENTS: dict[int, msgspec.json.Decoder[Any]] = {
 }
 _LEADING = re.compile(rb"\s*(?:\[\s*){0,4}")
 _AT = re.compile(r"at `\$\.?([A-Za-z_]*)")
+_UNKNOWN = re.compile(r"^Object contains unknown field `(.*)`$", re.DOTALL)
 
 
 def _json_problem(exc: Exception) -> ValidationFailed:
@@ -138,6 +160,12 @@ def _json_problem(exc: Exception) -> ValidationFailed:
     reason = (
         name if name in ("modality", "fs", "model_version", "quality", "stride_s", "channels") else "json"
     )
+    unknown = _UNKNOWN.search(msg)
+    if unknown:
+        fields = ", ".join(("segments", *PARAMETERS))
+        return fail(
+            "parameter", f"unknown field {unknown.group(1)!r:.40} in the JSON body; the fields are {fields}"
+        )
     return fail(reason, f"invalid request body: {msg}")
 
 
@@ -271,28 +299,27 @@ def parse_batch(
     ctype = content_type.split(";")[0].strip().lower()
     if ctype in (NPY, RAW):
         arr = decode_npy(body) if ctype == NPY else decode_raw(body, shape)
-        return from_array(arr, query, limits)
+        return from_array(arr, parameters({}, query, "body"), limits)
     if ctype == MULTIPART:
-        from service.uploads import parse_form, read_upload
+        from service.uploads import FIELDS, parse_form, read_upload
 
         up = parse_form(body, content_type)
+        up.fields = parameters(up.fields, query, "form", FIELDS)
         modality = parse_modality(up.fields.get("modality"))
         signal, fs = read_upload(up, spec_for(modality), limits.max_decoded_bytes)
         fields = {k: v for k, v in up.fields.items() if k not in ("fs", "channels")}
         return from_array(signal, fields | {"fs": repr(fs)}, limits)
     if ctype == JSON:
         doc, arr = decode_json(body)
-        modality = parse_modality(doc.modality)
-        fs = parse_fs(doc.fs, limits, spec_for(modality))
-        windows = to_windows(arr, modality, fs, limits, doc.stride_s, doc.channels)
-        return Batch(modality, fs, windows, parse_version(doc.model_version), doc.quality)
+        given = {name: value for name in PARAMETERS if (value := getattr(doc, name)) is not None}
+        return from_array(arr, parameters(given, query, "JSON body"), limits)
     raise fail(
         "content_type", f"unsupported content type {ctype[:60]!r}; use {JSON}, {NPY}, {RAW} or {MULTIPART}"
     )
 
 
-def from_array(arr: np.ndarray, query: dict[str, str], limits: Limits) -> Batch:
-    """A decoded array plus query (or form) parameters -> a Batch."""
+def from_array(arr: np.ndarray, query: dict[str, Any], limits: Limits) -> Batch:
+    """A decoded array plus its parameters (from the query, a form or a JSON body) -> a Batch."""
     modality = parse_modality(query.get("modality"))
     fs = parse_fs(query.get("fs"), limits, spec_for(modality))
     windows = to_windows(arr, modality, fs, limits, query.get("stride_s"), query.get("channels"))

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
 
 from pulsefm.plausibility import OUT_OF_RANGE, Plausibility
 from service.pipeline import Quality
@@ -14,6 +14,8 @@ from service.windows import Windows
 
 
 class EmbedRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")  # as the gateway decodes it: an unknown field is a 422
+
     modality: str = Field(description='"ppg" (1-4 channels, 60 s windows) or "ecg" (1 lead, 30 s windows)')
     fs: float = Field(description="sampling rate of the samples sent, Hz (16-4096; resampled)")
     segments: list[list[list[float]]] = Field(

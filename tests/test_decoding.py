@@ -30,8 +30,10 @@ def npy(x: np.ndarray) -> bytes:
 
 
 def reasons(body: bytes, ctype: str = JSON, shape: str | None = None, query: dict | None = None) -> set[str]:
+    """The reasons `body` is refused for; the query is `Q` for a binary body, none for JSON (whose
+    parameters are in the body)."""
     with pytest.raises(ValidationFailed) as err:
-        parse_batch(body, ctype, shape, query if query is not None else Q, LIMITS)
+        parse_batch(body, ctype, shape, query if query is not None else ({} if ctype == JSON else Q), LIMITS)
     return {p.reason for p in err.value.problems}
 
 
@@ -51,7 +53,7 @@ def with_segments(raw: str) -> bytes:
         (b"[" * 1000 + b"]" * 1000, "json"),
         (
             b'{"modality": "ecg", "fs": 128, "x": ' + b"[" * 100_000 + b"]" * 100_000 + b', "segments": [1]}',
-            "json",
+            "parameter",  # an unknown field, refused before its value is read
         ),
         (with_segments("[" * 1000 + "]" * 1000), "json|shape"),  # too deep: json on 3.11, shape on 3.12
         (with_segments("[[[[1.0]]]]"), "shape"),
@@ -219,6 +221,73 @@ def test_a_query_number_is_taken_only_as_the_ascii_number_it_writes(
     assert refused != taken, (param, text)
 
 
+@pytest.mark.parametrize(
+    ("body", "ctype", "query", "says"),
+    [
+        (
+            npy(ECG[None]),
+            NPY,
+            {**Q, "stirde_s": "10"},
+            "unknown query parameter 'stirde_s'; the parameters are",
+        ),
+        (doc(stirde_s=10), JSON, {}, "unknown field 'stirde_s' in the JSON body; the fields are segments,"),
+        (doc(), JSON, {"modality": "ecg"}, "modality is given in both the query and the JSON body"),
+        (doc(), JSON, {"Fs": "128"}, "unknown query parameter 'Fs'"),
+    ],
+    ids=["query-typo", "json-typo", "twice", "query-typo-with-json"],
+)
+def test_a_parameter_must_be_known_and_given_once(body: bytes, ctype: str, query: dict, says: str) -> None:
+    """A typo or a second value was silently not the one used (the default stride, the body's
+    modality)."""
+    with pytest.raises(ValidationFailed) as err:
+        parse_batch(body, ctype, None, query, LIMITS)
+    assert err.value.problems[0].reason == "parameter" and says in err.value.problems[0].detail
+
+
+def test_the_query_completes_a_json_body() -> None:
+    long = np.tile(ECG, (1, 3))  # 90 s: three windows at the default stride, five at 15 s
+    batch = parse_batch(doc(segments=[long.tolist()]), JSON, None, {"stride_s": "15"}, LIMITS)
+    assert batch.windows.stride_s == 15.0 and len(batch.windows) == 5
+
+
+_PARAMETER_VALUES = {  # name -> (as JSON, as query text)
+    "modality": ("ecg", "ecg"),
+    "fs": (128, "128"),
+    "stride_s": (30, "30"),
+    "channels": ([0], "0"),
+    "model_version": (1, "1"),
+    "quality": ("full", "full"),
+}
+
+
+@hypothesis.settings(max_examples=300, deadline=None, database=None)
+@hypothesis.given(
+    placed=st.dictionaries(
+        st.sampled_from([*_PARAMETER_VALUES, "stirde_s", "FS", "x", "", "segment"]),
+        st.sampled_from(["query", "body", "both"]),
+        max_size=5,
+    )
+)
+def test_a_parameter_is_refused_exactly_when_unknown_or_given_twice(placed: dict[str, str]) -> None:
+    body: dict[str, object] = {"segments": [ECG.tolist()]}
+    query: dict[str, str] = {}
+    for name, where in placed.items():
+        as_json, as_text = _PARAMETER_VALUES.get(name, (1, "1"))
+        if where in ("body", "both"):
+            body[name] = as_json
+        if where in ("query", "both"):
+            query[name] = as_text
+    try:
+        parse_batch(json.dumps(body).encode(), JSON, None, query, LIMITS)
+        refused = None
+    except ValidationFailed as err:
+        refused = err.problems[0].reason
+    bad = any(name not in _PARAMETER_VALUES or where == "both" for name, where in placed.items())
+    assert (refused == "parameter") == bad, (placed, refused)
+    if not bad and {"modality", "fs"} <= set(placed):
+        assert refused is None, (placed, refused)  # both required ones given once: decoded
+
+
 def test_one_flat_channel_among_four_is_named() -> None:
     x = PPG.copy()
     x[2] = 7.0
@@ -234,7 +303,7 @@ def test_good_bodies_still_decode() -> None:
         (npy(ECG[None].astype(np.float64)), NPY, None),
         (ECG.astype("<f4").tobytes(), RAW, "1, 1, 3840"),
     ]:
-        batch = parse_batch(body, ctype, shape, Q, LIMITS)
+        batch = parse_batch(body, ctype, shape, {} if ctype == JSON else Q, LIMITS)
         assert batch.windows.x.dtype == np.float32 and batch.windows.x.shape == (1, 1, 3840)
         assert len(batch.windows) == 1 and batch.windows.usable() == [0]
         np.testing.assert_allclose(batch.windows.take([0])[0], ECG, rtol=1e-6)

@@ -136,6 +136,17 @@ def test_garbage_after_a_request_is_answered_after_it(server) -> None:
         assert assert_table_answer(got[1])["error"] == "bad_http" and got[1][1]["connection"] == "close"
 
 
+def test_a_query_parameter_given_twice_is_refused(server) -> None:
+    """Starlette keeps the last of repeated query parameters: `fs=128&fs=64` was read as 64."""
+    (answer,) = exchange(server.port, post(b"/v1/embed?modality=ecg&fs=128&fs=64", npy(ECG)))
+    doc = assert_table_answer(answer)
+    assert (
+        answer[0] == 422
+        and doc["problems"][0]["reason"] == "parameter"
+        and "'fs' is given 2 times" in doc["detail"]
+    )
+
+
 def test_a_request_target_over_the_parsers_cap_is_414(server) -> None:
     (answer,) = exchange(server.port, b"GET /healthz?x=" + b"a" * 70_000 + b" HTTP/1.1\r\nHost: x\r\n\r\n")
     assert answer[0] == 414 and assert_table_answer(answer)["error"] == "uri_too_long"

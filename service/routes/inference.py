@@ -15,7 +15,7 @@ from fastapi.responses import Response
 
 from service import logs, schemas
 from service.auth import ApiKey, GatewayState, key_digest
-from service.decoding import JSON, NPY
+from service.decoding import JSON, NPY, fail
 from service.errors import ClientGone, UnsupportedEncoding
 from service.metrics import RETIRING_CALLS
 from service.pipeline import Body, Pipeline, Result
@@ -68,7 +68,13 @@ async def read_body(request: Request) -> Body:
         or h.get("x-api-key")
         or (request.client.host if request.client else None)
     )
-    return Body(data, ctype, h.get("x-shape"), dict(request.query_params), client)
+    query = request.query_params
+    repeated = next((name for name in query if len(query.getlist(name)) > 1), None)
+    if repeated is not None:  # else the last one would be used, silently
+        raise fail(
+            "parameter", f"query parameter {repeated!r:.40} is given {len(query.getlist(repeated))} times"
+        )
+    return Body(data, ctype, h.get("x-shape"), dict(query), client)
 
 
 def model_info(mv: ModelVersion) -> dict[str, Any]:
