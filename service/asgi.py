@@ -124,10 +124,24 @@ def refusal_bytes(rid: str, detail: str, retry_after_s: int) -> bytes:
 
 
 def count_refusal(path: str, seconds: float) -> None:
-    ADMISSION.labels("refused").inc()
-    FAILURES.labels("overloaded").inc()
-    REQUESTS.labels(path, "429").inc()
-    STAGE_SECONDS.labels("total", path).observe(seconds)
+    """Count an early 429 (`path` is one of ADMITTED_PATHS) with the metric children looked up
+    once: `labels()` takes a lock and builds a key each time (a fifth of an early refusal's time
+    went to the four lookups)."""
+    counters = _REFUSAL_COUNTERS.get(path)
+    if counters is None:
+        counters = _REFUSAL_COUNTERS[path] = (
+            ADMISSION.labels("refused"),
+            FAILURES.labels("overloaded"),
+            REQUESTS.labels(path, "429"),
+        )
+        _REFUSAL_SECONDS[path] = STAGE_SECONDS.labels("total", path)
+    for counter in counters:
+        counter.inc()
+    _REFUSAL_SECONDS[path].observe(seconds)
+
+
+_REFUSAL_COUNTERS: dict[str, tuple[Any, ...]] = {}
+_REFUSAL_SECONDS: dict[str, Any] = {}
 
 
 def count_connection_answer(exc: BaseException) -> str:

@@ -436,6 +436,38 @@ def test_early_refusal_answers_like_the_front_door_and_keeps_the_connection(repo
     assert 'pulsefm_requests_total{endpoint="/v1/predict",status="429"}' in metrics
 
 
+def test_an_idle_connection_after_an_early_refusal_is_closed_at_the_keepalive_deadline(repo) -> None:
+    """Deadlines are swept, not timed one by one (service/server.py): the keep-alive deadline an
+    early 429 arms closes the idle connection, and a request sent before it keeps it open."""
+    settings = Settings(repo=repo, max_inflight_requests=1, keepalive_timeout_s=1.0)
+    with ServerThread(create_app(settings), settings) as s:
+        hold = socket.create_connection(("127.0.0.1", s.port))  # takes the only slot, body pending
+        hold.sendall(
+            b"POST /v1/embed?modality=ecg&fs=128 HTTP/1.1\r\nHost: x\r\nContent-Type: application/x-npy\r\n"
+            b"Content-Length: 100000\r\n\r\n\x93NUMPY"
+        )
+        time.sleep(0.3)
+        body = npy(ECG)
+        refused = (
+            b"POST /v1/embed?modality=ecg&fs=128 HTTP/1.1\r\nHost: x\r\nContent-Type: application/x-npy\r\n"
+            + f"Content-Length: {len(body)}\r\n\r\n".encode()
+            + body
+        )
+        c = socket.create_connection(("127.0.0.1", s.port))
+        c.sendall(refused)
+        assert read_answer(c)[0] == 429
+        time.sleep(0.6)  # within the deadline: the connection still serves
+        c.sendall(refused)
+        assert read_answer(c)[0] == 429
+        t0 = time.monotonic()
+        c.settimeout(5)
+        assert c.recv(100) == b""  # closed by the server, idle since its last answer
+        waited = time.monotonic() - t0
+        hold.close()
+        c.close()
+    assert 0.7 < waited < 2.0, waited
+
+
 def test_oversized_headers_get_431_and_close(strict) -> None:
     s = socket.create_connection(("127.0.0.1", strict.port))
     s.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n")
