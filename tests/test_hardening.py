@@ -400,17 +400,24 @@ def test_body_bytes_in_flight_are_bounded_across_connections(strict) -> None:
     )
 
 
+def take_the_only_slot(port: int) -> socket.socket:
+    """A connection whose request is admitted and then never sends its whole body: with
+    max_inflight_requests=1 every other inference request is refused from its headers."""
+    hold = socket.create_connection(("127.0.0.1", port))
+    hold.sendall(
+        b"POST /v1/embed?modality=ecg&fs=128 HTTP/1.1\r\nHost: x\r\nContent-Type: application/x-npy\r\n"
+        b"Content-Length: 100000\r\n\r\n\x93NUMPY"
+    )
+    time.sleep(0.3)
+    return hold
+
+
 def test_early_refusal_answers_like_the_front_door_and_keeps_the_connection(repo) -> None:
     """With every slot taken, the server refuses from the headers alone (service/server.py): same
     JSON body and headers as any 429, its body is drained, and the connection serves the next one."""
     settings = Settings(repo=repo, max_inflight_requests=1)
     with ServerThread(create_app(settings), settings) as s:
-        hold = socket.create_connection(("127.0.0.1", s.port))  # takes the only slot, body pending
-        hold.sendall(
-            b"POST /v1/embed?modality=ecg&fs=128 HTTP/1.1\r\nHost: x\r\nContent-Type: application/x-npy\r\n"
-            b"Content-Length: 100000\r\n\r\n\x93NUMPY"
-        )
-        time.sleep(0.3)
+        hold = take_the_only_slot(s.port)
         body = npy(ECG)
         c = socket.create_connection(("127.0.0.1", s.port))
         for i in range(3):
@@ -441,12 +448,7 @@ def test_an_idle_connection_after_an_early_refusal_is_closed_at_the_keepalive_de
     early 429 arms closes the idle connection, and a request sent before it keeps it open."""
     settings = Settings(repo=repo, max_inflight_requests=1, keepalive_timeout_s=1.0)
     with ServerThread(create_app(settings), settings) as s:
-        hold = socket.create_connection(("127.0.0.1", s.port))  # takes the only slot, body pending
-        hold.sendall(
-            b"POST /v1/embed?modality=ecg&fs=128 HTTP/1.1\r\nHost: x\r\nContent-Type: application/x-npy\r\n"
-            b"Content-Length: 100000\r\n\r\n\x93NUMPY"
-        )
-        time.sleep(0.3)
+        hold = take_the_only_slot(s.port)
         body = npy(ECG)
         refused = (
             b"POST /v1/embed?modality=ecg&fs=128 HTTP/1.1\r\nHost: x\r\nContent-Type: application/x-npy\r\n"

@@ -264,26 +264,15 @@ def test_form_problems_are_named(client) -> None:
 
 def test_the_query_completes_a_form_and_a_field_is_given_once(client) -> None:
     csv = b"\n".join(b"%.5f" % v for v in ECG_500)
-    r = client.post(
-        "/v1/embed",
-        params={"fs": "500", "stride_s": "10"},
-        files={"file": ("a.csv", csv)},
-        data={"modality": "ecg"},
-    )
+
+    def with_query(query: dict[str, str], fields: dict[str, str]):
+        return client.post("/v1/embed", params=query, files={"file": ("a.csv", csv)}, data=fields)
+
+    r = with_query({"fs": "500", "stride_s": "10"}, {"modality": "ecg"})
     assert r.status_code == 200 and r.json()["stride_s"] == 10.0 and len(r.json()["embeddings"]) == 5, r.text
-    r = client.post(
-        "/v1/embed",
-        params={"modality": "ppg"},
-        files={"file": ("a.csv", csv)},
-        data={"modality": "ecg", "fs": "500"},
-    )
+    r = with_query({"modality": "ppg"}, {"modality": "ecg", "fs": "500"})
     assert r.status_code == 422 and "modality is given in both the query and the form" in r.json()["detail"]
-    r = client.post(
-        "/v1/embed",
-        params={"stride": "10"},
-        files={"file": ("a.csv", csv)},
-        data={"modality": "ecg", "fs": "500"},
-    )
+    r = with_query({"stride": "10"}, {"modality": "ecg", "fs": "500"})
     assert r.status_code == 422 and "unknown query parameter 'stride'" in r.json()["detail"]
 
 
