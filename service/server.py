@@ -214,22 +214,28 @@ class _Guarded(HttpToolsProtocol):
         whatever follows such a request's head for the other protocol: its body was lost (the app
         saw an empty one) and the next request on the connection hung."""
         self._unset_keepalive_if_required()
-        try:
-            self.parser.feed_data(data)
-        except httptools.HttpParserCallbackError as exc:  # raised in a callback (uvicorn's or ours)
-            self._answer_and_close(_callback_problem(exc.__context__))
-        except httptools.HttpParserError as exc:
-            self._answer_and_close(MalformedHttp(f"not an HTTP/1.1 request: {exc}"))
-        except httptools.HttpParserUpgrade as upgrade:
-            self._without_upgrade(data[upgrade.args[0] :])
+        pending: bytes | None = data
+        while pending is not None:  # a loop, not recursion: a read may hold many upgrade requests
+            try:
+                self.parser.feed_data(pending)
+                return
+            except httptools.HttpParserCallbackError as exc:  # raised in a callback (uvicorn's or ours)
+                self._answer_and_close(_callback_problem(exc.__context__))
+                return
+            except httptools.HttpParserError as exc:
+                self._answer_and_close(MalformedHttp(f"not an HTTP/1.1 request: {exc}"))
+                return
+            except httptools.HttpParserUpgrade as upgrade:
+                pending = self._without_upgrade(pending[upgrade.args[0] :])
 
-    def _without_upgrade(self, rest: bytes) -> None:
-        """Parse the request that asked to upgrade again, its head without the Upgrade header, then
-        `rest` (its body and whatever followed) as HTTP/1.1."""
+    def _without_upgrade(self, rest: bytes) -> bytes | None:
+        """A new parser for the request that asked to upgrade, and what to feed it: its head
+        without the Upgrade header, then `rest` (its body and whatever followed). None when the
+        request was answered instead (CONNECT)."""
         method = self.parser.get_method()
         if not self._upgrade_asked or method == b"CONNECT":  # CONNECT is an upgrade by itself
             self._answer_and_close(MalformedHttp(f"{method.decode('latin-1')} is not served here"))
-            return
+            return None
         self._upgrade_asked = False
         head = b"".join(
             [method, b" ", self.url, b" HTTP/", self.parser.get_http_version().encode(), b"\r\n"]
@@ -238,10 +244,7 @@ class _Guarded(HttpToolsProtocol):
         )
         self.parser = httptools.HttpRequestParser(self)
         self.parser.set_dangerous_leniencies(lenient_data_after_close=True)  # as uvicorn's own parser
-        self._feed(head + rest)
-
-    def send_400_response(self, msg: str) -> None:  # uvicorn's text/plain 400, should it call it
-        self._answer_and_close(MalformedHttp(msg))
+        return head + rest
 
     def _refuse_head(self) -> None:
         self._head_refused = True
@@ -267,7 +270,9 @@ class _Guarded(HttpToolsProtocol):
 
     def on_response_complete(self) -> None:
         super().on_response_complete()
-        if self._last_answer is not None and not self.pipeline and not self.transport.is_closing():
+        # the last request parsed (self.cycle) answered: every earlier one was
+        answered = not self.pipeline and (self.cycle is None or self.cycle.response_complete)
+        if self._last_answer is not None and answered and not self.transport.is_closing():
             self._write_last_answer()
 
     def _write_last_answer(self) -> None:
@@ -331,11 +336,11 @@ class _Guarded(HttpToolsProtocol):
 def _sweep(server_state: Any, loop: asyncio.AbstractEventLoop, tick: float) -> None:
     """Close the connections of one server whose deadline has passed, then again in `tick` s (a
     deadline holds to within a tick: 1 s for the default 10 s header deadline)."""
+    server_state.deadline_sweep = loop.call_later(tick, _sweep, server_state, loop, tick)  # first
     now = loop.time()
     for connection in list(server_state.connections):
         if isinstance(connection, _Guarded) and connection._due <= now:
             connection._expire()
-    server_state.deadline_sweep = loop.call_later(tick, _sweep, server_state, loop, tick)
 
 
 def _callback_problem(raised: BaseException | None) -> BaseException:

@@ -136,6 +136,20 @@ def test_garbage_after_a_request_is_answered_after_it(server) -> None:
         assert assert_table_answer(got[1])["error"] == "bad_http" and got[1][1]["connection"] == "close"
 
 
+def test_garbage_after_pipelined_requests_is_answered_after_all_of_them(server) -> None:
+    healthz = b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n"
+    got = exchange(server.port, post(EMBED_ECG, npy(ECG)) + healthz + healthz + b"\x00junk\r\n\r\n", count=5)
+    assert [a[0] for a in got] == [200, 200, 200, 400], [(a[0], a[2][:80]) for a in got]
+
+
+def test_many_upgrade_requests_in_one_read_are_all_served(server) -> None:
+    """Each is parsed again without its Upgrade header, in a loop (a recursion per request reached
+    Python's recursion limit within one read, and the connection was dropped)."""
+    one = b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: h2c\r\n\r\n"
+    got = exchange(server.port, one * 1500, count=1500)
+    assert len(got) == 1500 and {a[0] for a in got} == {200}
+
+
 def test_a_query_parameter_given_twice_is_refused(server) -> None:
     """Starlette keeps the last of repeated query parameters: `fs=128&fs=64` was read as 64."""
     (answer,) = exchange(server.port, post(b"/v1/embed?modality=ecg&fs=128&fs=64", npy(ECG)))
