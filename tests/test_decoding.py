@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import io
 import json
+import math
 import re
 
 import hypothesis
@@ -147,6 +148,26 @@ def test_big_endian_and_fortran_npy_are_read_correctly() -> None:
 )
 def test_raw_shape_classes(shape: str) -> None:
     assert "shape" in reasons(ECG.tobytes(), RAW, shape)
+
+
+@hypothesis.settings(max_examples=300, deadline=None, database=None)
+@hypothesis.given(
+    shape=st.one_of(
+        st.text(st.sampled_from("0123456789, \t;x-+\u00a0\u0661\uff11"), max_size=14),
+        st.sampled_from(["1,1,3840", " 1 , 1 , 3840 ", "3840", "1,3840", "2,1,1920", "3840,1", "01,1,3840"])
+        | st.sampled_from(["1", "\uff11", "\u0661"]).map(lambda one: one + ",1,3840"),
+    )
+)
+def test_an_x_shape_is_taken_only_as_the_ascii_integers_it_writes(shape: str) -> None:
+    """The body is one 30 s ECG window (3840 float32): an X-Shape is taken exactly when it is one
+    to three comma-separated ASCII integers (spaces around them allowed) whose product is 3840."""
+    try:
+        parse_batch(ECG.tobytes(), RAW, shape, Q, LIMITS)
+        taken = True
+    except ValidationFailed as err:
+        taken = err.problems[0].reason != "shape"  # read as a shape, refused for something else
+    written = re.fullmatch(r" *\d{1,10} *(, *\d{1,10} *){0,2}", shape, re.ASCII) is not None
+    assert taken == (written and math.prod(int(n) for n in shape.split(",")) == 3840), shape
 
 
 @pytest.mark.parametrize(

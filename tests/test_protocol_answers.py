@@ -299,3 +299,23 @@ def test_any_request_head_gets_a_table_answer_or_a_success_never_a_5xx(server) -
 def test_the_fuzzed_heads_leave_the_gateway_serving(server) -> None:
     got = exchange(server.port, post(EMBED_ECG, npy(ECG)))
     assert got[0][0] == 200 and np.isfinite(json.loads(got[0][2])["embeddings"]).all()
+
+
+@hypothesis.settings(
+    max_examples=60, deadline=None, database=None, suppress_health_check=list(hypothesis.HealthCheck)
+)
+@hypothesis.given(
+    encoding=st.one_of(
+        st.sampled_from(
+            ["identity", "IDENTITY", " identity ", "", "gzip", "br", "deflate", "zstd", "x-gzip"]
+        ),
+        st.text(st.characters(min_codepoint=33, max_codepoint=126), max_size=12),
+    )
+)
+def test_a_body_is_refused_as_415_exactly_when_it_is_encoded(server, encoding: str) -> None:
+    """Any Content-Encoding but identity (or none) is a 415 naming it; the plain body is served."""
+    (answer,) = exchange(server.port, post(EMBED_ECG, npy(ECG), b"Content-Encoding: " + encoding.encode()))
+    encoded = encoding.strip().lower() not in ("", "identity")
+    assert answer[0] == (415 if encoded else 200), (encoding, answer[0], answer[2][:200])
+    if encoded:
+        assert assert_table_answer(answer)["error"] == "unsupported_encoding"
