@@ -145,8 +145,8 @@ _REFUSAL_SECONDS: dict[str, Any] = {}
 
 
 def count_connection_answer(exc: BaseException) -> str:
-    """Count an answer the connection gave before there was a request to route (400, 431); its
-    reason."""
+    """Count an answer the connection gave before there was a request to route (400, 414, 431, or
+    a 500 for a bug in a parser callback); its reason."""
     status, reason = classify(exc)
     FAILURES.labels(reason).inc()
     REQUESTS.labels("unmatched", str(status)).inc()
