@@ -524,9 +524,9 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def write_results_md(results_dir: Path) -> Path:
-    """benchmarks/RESULTS.md from the JSON of each benchmark's last run (gateway, overload, serving,
-    training throughput)."""
-    from benchmarks import serving, serving_profile, train_throughput
+    """benchmarks/RESULTS.md from the JSON of each benchmark's last run (gateway, overload, memory,
+    serving, training throughput)."""
+    from benchmarks import memory, serving, serving_profile, train_throughput
     from benchmarks.overload import markdown_section
 
     parts = []
@@ -540,6 +540,8 @@ def write_results_md(results_dir: Path) -> Path:
     ):
         if (results_dir / name).is_file():
             parts.append(markdown_section(json.loads((results_dir / name).read_text())))
+    if (results_dir / "memory.json").is_file():
+        parts.append(memory.markdown_section(json.loads((results_dir / "memory.json").read_text())))
     if (results_dir / "serving.json").is_file():
         parts.append(serving.markdown_section(json.loads((results_dir / "serving.json").read_text())))
     if (results_dir / "serving_profile.json").is_file():

@@ -13,7 +13,7 @@ import orjson
 from fastapi import APIRouter, Request
 from fastapi.responses import Response
 
-from service import logs, schemas
+from service import logs, memory, schemas
 from service.auth import ApiKey, GatewayState, key_digest
 from service.decoding import JSON, NPY, fail
 from service.errors import ClientGone, UnsupportedEncoding
@@ -105,7 +105,10 @@ def json_response(doc: dict[str, Any], headers: dict[str, str]) -> Response:
 
 async def _serve(request: Request, state: State, endpoint: str, with_probes: bool) -> Result:
     body = await read_body(request)
-    res = await until_disconnect(request, Pipeline(state, endpoint).run(body, with_probes))
+    try:
+        res = await until_disconnect(request, Pipeline(state, endpoint).run(body, with_probes))
+    finally:
+        memory.release_after(len(body.data), state.cpu)
     request.scope[logs.SCOPE_KEY] = {  # for the access log (service/logs.py)
         "modality": res.model.modality,
         "model_version": res.model.version,
