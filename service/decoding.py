@@ -157,9 +157,7 @@ def _json_problem(exc: Exception) -> ValidationFailed:
     msg = str(exc)
     where = _AT.search(msg)
     name = where.group(1) if where else ""
-    reason = (
-        name if name in ("modality", "fs", "model_version", "quality", "stride_s", "channels") else "json"
-    )
+    reason = name if name in PARAMETERS else "json"
     unknown = _UNKNOWN.search(msg)
     if unknown:
         fields = ", ".join(("segments", *PARAMETERS))

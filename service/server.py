@@ -137,6 +137,9 @@ class _Guarded(HttpToolsProtocol):
         self.client = _address(transport.get_extra_info("peername"))
         self.scheme = "https" if transport.get_extra_info("sslcontext") else "http"
         CONNECTIONS.set(len(self.connections))
+        if not hasattr(self.server_state, "deadline_sweep"):  # the server's first connection
+            tick = min(self.header_timeout_s, self.message_timeout_s, self.timeout_keep_alive) / 4
+            _sweep(self.server_state, self.loop, min(max(tick, 0.05), 1.0))
         self._arm(self.header_timeout_s, "header_timeout")
 
     def connection_lost(self, exc: Exception | None) -> None:
@@ -247,7 +250,6 @@ class _Guarded(HttpToolsProtocol):
         return head + rest
 
     def _refuse_head(self) -> None:
-        self._head_refused = True
         self._answer_and_close(HeadersTooLarge("request line and headers exceed the limit"))
 
     def _answer_and_close(self, exc: BaseException) -> None:
@@ -315,9 +317,6 @@ class _Guarded(HttpToolsProtocol):
         deadline was three `call_later` and three cancellations per request (a sixth of an early
         refusal's time on the event loop); one sweep per server checks every connection instead."""
         self._due, self._due_reason = self.loop.time() + seconds, reason
-        if not hasattr(self.server_state, "deadline_sweep"):
-            tick = min(self.header_timeout_s, self.message_timeout_s, self.timeout_keep_alive) / 4
-            _sweep(self.server_state, self.loop, min(max(tick, 0.05), 1.0))
 
     def _disarm(self) -> None:
         self._due = math.inf
