@@ -46,47 +46,54 @@ class Quality:
         return not self.reasons
 
 
-def _run_lengths(mask: np.ndarray) -> np.ndarray:
-    """Lengths of the runs of True in a 1-D boolean array."""
-    padded = np.concatenate([[False], mask, [False]]).astype(np.int8)
-    edges = np.flatnonzero(np.diff(padded))
-    return edges[1::2] - edges[::2]
+def _runs(mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The runs of True along each row of a 2-D boolean array: each run's row and length."""
+    width = mask.shape[1] + 2
+    padded = np.zeros((mask.shape[0], width), dtype=np.int8)  # a False at both ends of each row
+    padded[:, 1:-1] = mask
+    edges = np.flatnonzero(np.diff(padded.ravel()))  # a run's start, then its end, row by row
+    return edges[::2] // width, edges[1::2] - edges[::2]
 
 
-def _longest_run(mask: np.ndarray) -> int:
-    runs = _run_lengths(mask)
-    return int(runs.max()) if runs.size else 0
+def _longest_runs(mask: np.ndarray) -> np.ndarray:
+    """The longest run of True in each row (0 for a row without one)."""
+    rows, lengths = _runs(mask)
+    longest = np.zeros(mask.shape[0], dtype=np.int64)
+    np.maximum.at(longest, rows, lengths)
+    return longest
 
 
-def _plateau_fraction(at_extreme: np.ndarray, min_len: int) -> float:
-    """Fraction of samples inside runs of >= min_len consecutive True."""
-    runs = _run_lengths(at_extreme)
-    return float(runs[runs >= min_len].sum() / at_extreme.size)
+def _plateau_fractions(at_extreme: np.ndarray, min_len: int) -> np.ndarray:
+    """Per row, the fraction of samples inside runs of >= min_len consecutive True."""
+    rows, lengths = _runs(at_extreme)
+    inside = np.bincount(rows, weights=np.where(lengths >= min_len, lengths, 0), minlength=len(at_extreme))
+    return inside / at_extreme.shape[1]
 
 
 def raw_checks(x: np.ndarray, fs: float) -> list[str]:
-    """Checks on raw samples (channels, samples): non-finite values, flat line, clipping."""
+    """Checks on raw samples (channels, samples): non-finite values, flat line, clipping.
+
+    All channels at once, and runs are measured only where a count allows one long enough (a row
+    with fewer True than a run needs cannot hold that run): these checks run for every window on
+    the gateway's request path, where each numpy call holds the GIL."""
     reasons: list[str] = []
     if not np.all(np.isfinite(x)):
         reasons.append(NONFINITE)
         x = np.where(np.isfinite(x), x, 0.0)
     n = x.shape[-1]
     min_plateau = max(3, round(CLIP_PLATEAU_S * fs))
-    flat = clip = False
-    for ch in x:
-        same = np.diff(ch) == 0
-        if np.ptp(ch) == 0 or _longest_run(same) + 1 >= FLAT_FRACTION * n:
-            flat = True
-            continue
-        lo, hi = ch.min(), ch.max()
-        if (
-            _plateau_fraction(ch == hi, min_plateau) + _plateau_fraction(ch == lo, min_plateau)
-            >= CLIP_FRACTION
-        ):
-            clip = True
-    if flat:
+    hi, lo = x.max(axis=-1, keepdims=True), x.min(axis=-1, keepdims=True)
+    flat = hi[:, 0] - lo[:, 0] == 0
+    same = np.diff(x, axis=-1) == 0
+    if (same.sum(axis=-1) + 1 >= FLAT_FRACTION * n).any():
+        flat |= _longest_runs(same) + 1 >= FLAT_FRACTION * n
+    clipped = np.zeros(len(x))
+    for at_extreme in (x == hi, x == lo):
+        if (at_extreme.sum(axis=-1) >= min_plateau).any():
+            clipped = clipped + _plateau_fractions(at_extreme, min_plateau)
+    if flat.any():
         reasons.append(FLAT_LINE)
-    if clip:
+    if ((clipped >= CLIP_FRACTION) & ~flat).any():  # a flat channel is not also counted as clipped
         reasons.append(CLIPPING)
     return reasons
 
