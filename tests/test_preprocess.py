@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import dataclasses
 import re
+from fractions import Fraction
 
 import numpy as np
 import pytest
@@ -107,3 +108,22 @@ def test_bandpass_is_scipys_sosfiltfilt_bit_for_bit(
             bandpass(x, fs, band, order)
         return
     np.testing.assert_array_equal(bandpass(x, fs, band, order), want)
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    fs_in=st.sampled_from(
+        [25.0, 50.0, 64.00001, 128.00001, 100.0, 125.0, 200.0, 250.0, 256.0, 300.0, 360.0, 500.0, 1000.0]
+    ),
+    fs_out=st.sampled_from([PPG_SPEC.fs, ECG_SPEC.fs]),
+    dtype=st.sampled_from([np.float64, np.float32]),
+    seed=st.integers(0, 2**32 - 1),
+)
+def test_resample_is_scipys_resample_poly_bit_for_bit(
+    fs_in: float, fs_out: float, dtype: type, seed: int
+) -> None:
+    """resample reuses each rate pair's anti-aliasing filter instead of designing it per call."""
+    x = np.random.default_rng(seed).normal(size=(2, 3, 1000)).astype(dtype)
+    ratio = Fraction(fs_out / fs_in).limit_denominator(1000)
+    want = sps.resample_poly(x, ratio.numerator, ratio.denominator, axis=-1)
+    np.testing.assert_array_equal(resample(x, fs_in, fs_out), want)
