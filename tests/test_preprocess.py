@@ -123,7 +123,7 @@ def test_resample_is_scipys_resample_poly_bit_for_bit(
     fs_in: float, fs_out: float, dtype: type, seed: int
 ) -> None:
     """resample reuses each rate pair's anti-aliasing filter instead of designing it per call."""
-    x = np.random.default_rng(seed).normal(size=(2, 3, 1000)).astype(dtype)
+    x: np.ndarray = np.random.default_rng(seed).normal(size=(2, 3, 1000)).astype(dtype)
     ratio = Fraction(fs_out / fs_in).limit_denominator(1000)
     want = sps.resample_poly(x, ratio.numerator, ratio.denominator, axis=-1)
     np.testing.assert_array_equal(resample(x, fs_in, fs_out), want)
