@@ -46,6 +46,10 @@ class BodyTimeout(TimeoutError):
     """The client did not send its whole body in time (slow or short body)."""
 
 
+class HeadTimeout(TimeoutError):
+    """A request began but its line and headers did not all arrive in time (slow or half-sent head)."""
+
+
 class Unauthorized(PermissionError):
     """No key, or a key the gateway does not know (401)."""
 
@@ -110,6 +114,7 @@ ERRORS: dict[type[BaseException], tuple[int, str]] = {
     PayloadTooLarge: (413, "too_large"),
     UnsupportedEncoding: (415, "unsupported_encoding"),
     BodyTimeout: (408, "body_timeout"),
+    HeadTimeout: (408, "header_timeout"),
     Unauthorized: (401, "unauthorized"),
     Forbidden: (403, "forbidden"),
     UnknownModel: (404, "unknown_model"),

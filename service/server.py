@@ -46,7 +46,7 @@ from service.asgi import (
     refusal_bytes,
     request_id,
 )
-from service.errors import INTERNAL, HeadersTooLarge, MalformedHttp, UriTooLong, classify
+from service.errors import INTERNAL, HeadersTooLarge, HeadTimeout, MalformedHttp, UriTooLong, classify
 from service.metrics import CONNECTIONS, CONNECTIONS_REFUSED
 from service.settings import Settings
 
@@ -327,7 +327,11 @@ class _Guarded(HttpToolsProtocol):
             return
         if reason == "keepalive":
             self.timeout_keep_alive_handler()
-        else:
+        elif reason == "header_timeout" and self._head_bytes >= 0:  # a request began: say why it ends
+            self._answer_and_close(
+                HeadTimeout(f"the request line and headers did not arrive within {self.header_timeout_s:g} s")
+            )
+        else:  # a connection that never sent a byte, or a body the front door did not end: no answer
             CONNECTIONS_REFUSED.labels(reason).inc()
             self.transport.close()
 

@@ -11,8 +11,10 @@ import threading
 import time
 from pathlib import Path
 
+import httpx
 import numpy as np
 import torch
+from prometheus_client.parser import text_string_to_metric_families
 
 from service.server import uvicorn_config
 from service.settings import Settings
@@ -108,3 +110,14 @@ def read_answer(sock: socket.socket, timeout_s: float = 5.0) -> tuple[int, dict[
     while len(rest) < int(headers.get("content-length", 0)):
         rest += sock.recv(65536)
     return int(lines[0].split()[1]), headers, rest
+
+
+def metric_value(url: str, name: str, **labels: str) -> float:
+    """The sum of the gateway's samples `name` whose labels include `labels` (0 when none)."""
+    text = httpx.get(f"{url}/metrics", timeout=10).text
+    return sum(
+        s.value
+        for family in text_string_to_metric_families(text)
+        for s in family.samples
+        if s.name == name and labels.items() <= s.labels.items()
+    )

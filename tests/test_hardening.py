@@ -26,7 +26,7 @@ from service.app import create_app
 from service.backends import OrtBackend
 from service.registry import ModelVersion
 from service.settings import Settings
-from tests.gateway_helpers import ServerThread, build_repo, npy, raw_segments, read_answer
+from tests.gateway_helpers import ServerThread, build_repo, metric_value, npy, raw_segments, read_answer
 
 
 @pytest.fixture(scope="module")
@@ -326,6 +326,30 @@ def test_half_sent_headers_and_idle_connections_are_closed(strict) -> None:
     for s in socks:
         s.close()
     assert all(t is not None and t < 3.0 for t in closed), closed
+
+
+def test_a_half_sent_head_gets_a_408_that_says_so_an_idle_connection_only_a_close(strict) -> None:
+    """Both are closed at the header deadline; the one whose request began is told why, in the
+    error table's shape, and counted; the one that never sent a byte gets no answer."""
+    before = metric_value(strict.url, "pulsefm_requests_total", endpoint="unmatched", status="408")
+    half, idle = (socket.create_connection(("127.0.0.1", strict.port)) for _ in range(2))
+    half.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-Slow: ")
+    replies = []
+    for s in (half, idle):
+        s.settimeout(5)
+        reply = b""
+        while chunk := s.recv(65536):
+            reply += chunk
+        replies.append(reply)
+        s.close()
+    head, _, body = replies[0].partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 408"), replies[0][:200]
+    assert b"connection: close" in head.lower() and b"x-request-id" in head.lower()
+    doc = json.loads(body)
+    assert doc["error"] == "header_timeout" and "1 s" in doc["detail"] and doc["request_id"]
+    assert replies[1] == b""
+    after = metric_value(strict.url, "pulsefm_requests_total", endpoint="unmatched", status="408")
+    assert after == before + 1
 
 
 def test_short_body_gets_408_then_close(strict) -> None:
