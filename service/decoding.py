@@ -75,12 +75,18 @@ def parse_modality(value: Any) -> str:
     raise fail("modality", f"modality must be one of {[str(m) for m in Modality]}, got {value!r:.40}")
 
 
+def fs_from_text(text: str) -> float:
+    """A sampling rate written as text (a query string, a form field): an ASCII decimal number."""
+    fs = decimal(text)
+    if fs is None:
+        raise fail("fs", f"fs (sampling rate, Hz) must be a decimal number, got {text!r:.40}")
+    return fs
+
+
 def parse_fs(value: Any, limits: Limits, spec: PreprocessSpec) -> float:
     """A sampling rate from JSON (already a float) or a query string; finite and in range."""
     if isinstance(value, str):
-        fs = decimal(value)
-        if fs is None:
-            raise fail("fs", f"fs (sampling rate, Hz) must be a decimal number, got {value!r:.40}")
+        fs = fs_from_text(value)
     elif isinstance(value, float):
         fs = value
     else:

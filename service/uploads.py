@@ -29,17 +29,13 @@ from pulsefm.io import READERS, read_record
 from pulsefm.pipeline import channels_for
 from pulsefm.preprocess import PreprocessSpec
 from pulsefm.records import RecordError
-from service.errors import Problem, ValidationFailed
-from service.textnumbers import decimal
+from service.decoding import fail, fs_from_text
+from service.errors import ValidationFailed
 
 MAX_PARTS = 16
 MAX_FIELD_BYTES = 1024
 FIELDS = ("modality", "fs", "channels", "stride_s", "model_version", "quality", "dataset")
 SUFFIXES = sorted({*READERS, ".zip"})
-
-
-def fail(reason: str, detail: str) -> ValidationFailed:
-    return ValidationFailed([Problem(reason, detail)])
 
 
 @dataclass
@@ -203,10 +199,7 @@ def read_upload(up: Upload, spec: PreprocessSpec, max_decoded_bytes: int) -> tup
     suffix = _suffix(up.filename)
     overrides: dict[str, Any] = {}
     if up.fields.get("fs"):
-        fs = decimal(up.fields["fs"])
-        if fs is None:
-            raise fail("fs", f"fs (sampling rate, Hz) must be a decimal number, got {up.fields['fs']!r:.40}")
-        overrides["fs"] = fs
+        overrides["fs"] = fs_from_text(up.fields["fs"])
     if up.fields.get("dataset"):
         overrides["dataset"] = up.fields["dataset"]
     with tempfile.TemporaryDirectory(prefix="pulsefm-upload-") as tmp:
