@@ -98,6 +98,13 @@ def npy(x: np.ndarray) -> bytes:
     return buf.getvalue()
 
 
+def npy_header(shape: tuple[int, ...], descr: str, body: bytes = b"") -> bytes:
+    """A .npy version 1.0 head claiming `shape` and `descr`, then `body` (which need not fit it)."""
+    header = f"{{'descr': '{descr}', 'fortran_order': False, 'shape': {shape}, }}"
+    header += " " * ((64 - (10 + len(header) + 1) % 64) % 64) + "\n"
+    return b"\x93NUMPY\x01\x00" + len(header).to_bytes(2, "little") + header.encode() + body
+
+
 def read_answer(sock: socket.socket, timeout_s: float = 5.0) -> tuple[int, dict[str, str], bytes]:
     """One whole HTTP/1.1 answer from a blocking socket: status, headers (lower-case names), body."""
     sock.settimeout(timeout_s)

@@ -4,7 +4,6 @@ float32 array or a ValidationFailed (422) — never another exception, never a N
 
 from __future__ import annotations
 
-import io
 import json
 import math
 import re
@@ -16,18 +15,12 @@ import pytest
 
 from service.decoding import JSON, NPY, RAW, Limits, decode_npy, parse_batch
 from service.errors import ValidationFailed
-from tests.gateway_helpers import raw_segments
+from tests.gateway_helpers import npy, npy_header, raw_segments
 
 LIMITS = Limits()
 ECG = raw_segments("ecg", 1, 128.0)[0]  # (1, 3840) float32
 PPG = raw_segments("ppg", 1, 64.0)[0]  # (4, 3840)
 Q = {"modality": "ecg", "fs": "128"}
-
-
-def npy(x: np.ndarray) -> bytes:
-    buf = io.BytesIO()
-    np.save(buf, x)
-    return buf.getvalue()
 
 
 def reasons(body: bytes, ctype: str = JSON, shape: str | None = None, query: dict | None = None) -> set[str]:
@@ -89,25 +82,19 @@ def test_json_classes(body: bytes, reason: str) -> None:
     assert set(reason.split("|")) & reasons(body)
 
 
-def _npy_header(shape: tuple[int, ...], descr: str, body: bytes = b"") -> bytes:
-    header = f"{{'descr': '{descr}', 'fortran_order': False, 'shape': {shape}, }}"
-    header += " " * ((64 - (10 + len(header) + 1) % 64) % 64) + "\n"
-    return b"\x93NUMPY\x01\x00" + len(header).to_bytes(2, "little") + header.encode() + body
-
-
 @pytest.mark.parametrize(
     ("body", "reason"),
     [
-        (_npy_header((1_000_000, 4, 3840), "<f4", b"\0" * 64), "npy"),  # 57 GiB claimed, never allocated
-        (_npy_header((2**40, 2**40), "<f8"), "npy"),
-        (_npy_header((0, 2**40, 2**40), "<f4"), "shape"),  # zero bytes claimed, reshape would overflow
-        (_npy_header((1, 1, 1, 3840), "<f4", b"\0" * 15360), "shape"),
-        (_npy_header((1, 1, 3840), "<f2", b"\0" * 7680), "dtype"),
+        (npy_header((1_000_000, 4, 3840), "<f4", b"\0" * 64), "npy"),  # 57 GiB claimed, never allocated
+        (npy_header((2**40, 2**40), "<f8"), "npy"),
+        (npy_header((0, 2**40, 2**40), "<f4"), "shape"),  # zero bytes claimed, reshape would overflow
+        (npy_header((1, 1, 1, 3840), "<f4", b"\0" * 15360), "shape"),
+        (npy_header((1, 1, 3840), "<f2", b"\0" * 7680), "dtype"),
         (npy(ECG[None].astype(np.float16)), "dtype"),
         (npy(ECG[None].astype(np.longdouble)), "dtype"),
         (npy(ECG[None].astype(np.int32)), "dtype"),
         (npy(np.zeros((1, 1, 3840), dtype=[("a", "<f4")])), "dtype"),
-        (_npy_header((1, 1, 3840), "|O"), "dtype"),
+        (npy_header((1, 1, 3840), "|O"), "dtype"),
         (b"\x93NUMPY garbage", "npy"),
         (b"\x93NUMPY\x03\x00" + b"\0" * 20, "npy"),
         (npy(ECG[None].astype(np.float64) * 1e39), "out_of_range"),
@@ -414,6 +401,6 @@ def test_any_npy_header_is_a_result_or_a_422(
         data = (rng.standard_normal(count) * scale).astype(
             np.dtype(descr) if itemsize in (4, 8) else np.float32
         )
-    body = _npy_header(shape, descr, data.tobytes()[: count * itemsize])
+    body = npy_header(shape, descr, data.tobytes()[: count * itemsize])
     fs = "128" if modality == "ecg" else "64"
     _check_outcome(body, NPY, None, {"modality": modality, "fs": fs})

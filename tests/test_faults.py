@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import io
 import subprocess
 import time
 
@@ -16,18 +15,12 @@ import schemathesis
 from service.app import create_app
 from service.settings import Settings
 from service.triton_local import free_port
-from tests.gateway_helpers import ServerThread, build_repo, raw_segments
+from tests.gateway_helpers import ServerThread, build_repo, npy, raw_segments
 
 
 @pytest.fixture(scope="module")
 def repo(tmp_path_factory):
     return build_repo(tmp_path_factory.mktemp("faults"))
-
-
-def _npy(x: np.ndarray) -> bytes:
-    buf = io.BytesIO()
-    np.save(buf, x)
-    return buf.getvalue()
 
 
 async def _hammer(
@@ -62,7 +55,7 @@ async def _hammer(
 
 def test_overload_answers_429_fast_not_timeouts(repo) -> None:
     x = raw_segments("ppg", 32, 64.0)
-    bodies = [_npy(x[i : i + 4] + np.float32(k * 1e-3)) for k in range(8) for i in range(0, 32, 4)]
+    bodies = [npy(x[i : i + 4] + np.float32(k * 1e-3)) for k in range(8) for i in range(0, 32, 4)]
     from benchmarks.gateway import gateway
 
     # the gateway in its own process (as deployed), so that the load generator does not starve it

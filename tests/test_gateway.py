@@ -16,7 +16,7 @@ from pulsefm.preprocess import spec_for
 from service.app import create_app
 from service.settings import Settings
 from service.signals import preprocess
-from tests.gateway_helpers import build_repo, raw_segments
+from tests.gateway_helpers import build_repo, npy, raw_segments
 from training.export import ort_session
 
 
@@ -29,12 +29,6 @@ def repo(tmp_path_factory):
 def client(repo):
     with TestClient(create_app(Settings(repo=repo))) as c:
         yield c
-
-
-def npy(x: np.ndarray) -> bytes:
-    buf = io.BytesIO()
-    np.save(buf, x)
-    return buf.getvalue()
 
 
 def test_health_ready_models(client) -> None:

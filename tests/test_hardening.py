@@ -26,7 +26,15 @@ from service.app import create_app
 from service.backends import OrtBackend
 from service.registry import ModelVersion
 from service.settings import Settings
-from tests.gateway_helpers import ServerThread, build_repo, metric_value, npy, raw_segments, read_answer
+from tests.gateway_helpers import (
+    ServerThread,
+    build_repo,
+    metric_value,
+    npy,
+    npy_header,
+    raw_segments,
+    read_answer,
+)
 
 
 @pytest.fixture(scope="module")
@@ -39,12 +47,6 @@ def server(repo):
     settings = Settings(repo=repo)
     with ServerThread(create_app(settings), settings) as s:
         yield s
-
-
-def _npy_header(shape: tuple[int, ...], descr: str, body: bytes = b"") -> bytes:
-    header = f"{{'descr': '{descr}', 'fortran_order': False, 'shape': {shape}, }}"
-    header += " " * ((64 - (10 + len(header) + 1) % 64) % 64) + "\n"
-    return b"\x93NUMPY\x01\x00" + len(header).to_bytes(2, "little") + header.encode() + body
 
 
 ECG = raw_segments("ecg", 1, 128.0)
@@ -117,8 +119,8 @@ def hostile() -> list[tuple[str, bytes, dict[str, str], dict[str, str]]]:
             {"Content-Type": "application/octet-stream", "X-Shape": "4294967296,4294967296,1"},
             ECG_Q,
         ),
-        ("npy-57GiB", _npy_header((1_000_000, 4, 3840), "<f4", b"\0" * 1024), NPY_H, ECG_Q),
-        ("npy-zero-axis", _npy_header((0, 2**40, 2**40), "<f4"), NPY_H, ECG_Q),
+        ("npy-57GiB", npy_header((1_000_000, 4, 3840), "<f4", b"\0" * 1024), NPY_H, ECG_Q),
+        ("npy-zero-axis", npy_header((0, 2**40, 2**40), "<f4"), NPY_H, ECG_Q),
         ("npy-1e39", npy(ECG.astype(np.float64) * 1e39), NPY_H, ECG_Q),
         ("npy-subnormal", npy(np.full((1, 1, 3840), 1e-310)), NPY_H, ECG_Q),
         ("npy-float16", npy(ECG.astype(np.float16)), NPY_H, ECG_Q),

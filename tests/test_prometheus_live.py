@@ -5,7 +5,6 @@ Prometheus's HTTP API and must return data of the expected shape."""
 
 from __future__ import annotations
 
-import io
 import json
 import re
 import shutil
@@ -21,7 +20,7 @@ import yaml
 from service.app import create_app
 from service.settings import Settings
 from service.triton_local import free_port
-from tests.gateway_helpers import ServerThread, raw_segments
+from tests.gateway_helpers import ServerThread, npy, raw_segments
 
 ROOT = Path(__file__).resolve().parents[1]
 ALERTS = ROOT / "deploy" / "prometheus" / "alerts.yml"
@@ -35,12 +34,6 @@ MAY_BE_EMPTY = {
 LABELS = {"__name__", "endpoint", "status", "stage", "modality", "version", "flag", "target", "reason"}
 LABELS |= {"cache", "op", "le", "instance", "job", "route", "current", "candidate", "client"}
 ROUNDS = 3  # load in rounds a few scrapes apart, so that every rate() sees an increase
-
-
-def npy(x: np.ndarray) -> bytes:
-    buf = io.BytesIO()
-    np.save(buf, x)
-    return buf.getvalue()
 
 
 def _load(url: str) -> None:

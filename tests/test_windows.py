@@ -3,7 +3,6 @@ stretches) and partial success end to end (the real app, onnxruntime backend).""
 
 from __future__ import annotations
 
-import io
 import json
 
 import hypothesis
@@ -17,15 +16,9 @@ from service.app import create_app
 from service.decoding import NPY, Limits, parse_batch
 from service.errors import ValidationFailed
 from service.settings import Settings
-from tests.gateway_helpers import build_repo
+from tests.gateway_helpers import build_repo, npy
 
 ECG = spec_for("ecg")
-
-
-def npy(x: np.ndarray) -> bytes:
-    buf = io.BytesIO()
-    np.save(buf, x)
-    return buf.getvalue()
 
 
 def ecg_recording(seconds: float, fs: float, seed: int = 0) -> np.ndarray:
