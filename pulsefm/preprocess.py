@@ -78,7 +78,14 @@ def _butter_sos(order: int, low: float, high: float, fs: float) -> tuple[np.ndar
     """Filter design and its steady-state initial conditions (`sosfilt_zi`), cached: each costs
     about a third of filtering a whole segment, and the zi's linear solve holds the GIL."""
     sos = np.asarray(sps.butter(order, [low, high], btype="bandpass", fs=fs, output="sos"))
-    return sos, np.asarray(sps.sosfilt_zi(sos))
+    return sos, _frozen(np.asarray(sps.sosfilt_zi(sos)))  # sosfilt takes `sos` as a writable buffer
+
+
+def _frozen(a: np.ndarray) -> np.ndarray:
+    """A cached array made read-only: a caller changing it in place fails instead of changing it
+    for every later call."""
+    a.setflags(write=False)
+    return a
 
 
 def _odd_ext(x: np.ndarray, n: int) -> np.ndarray:
@@ -127,7 +134,7 @@ def _antialias(up: int, down: int) -> np.ndarray:
     """resample_poly's own low-pass FIR (its default Kaiser window and length), cached: designing
     it costs 25-50 % of a resampling call. The same coefficients, so the same numbers."""
     max_rate = max(up, down)
-    return np.asarray(sps.firwin(2 * 10 * max_rate + 1, 1.0 / max_rate, window=("kaiser", 5.0)))
+    return _frozen(np.asarray(sps.firwin(2 * 10 * max_rate + 1, 1.0 / max_rate, window=("kaiser", 5.0))))
 
 
 def segment(x: np.ndarray, window: int, overlap: float = 0.0) -> np.ndarray:
