@@ -140,7 +140,7 @@ ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
         403: "a key without the role this route needs, or admin routes not configured",
         404: "no such modality or version",
         410: "a pinned version past its retirement grace period (the served versions are named)",
-        408: "the body did not arrive in time",
+        408: "request head or body not received in time (header_timeout, body_timeout); then a close",
         413: "payload over the size limit",
         415: "a compressed body (a Content-Encoding other than identity): send it uncompressed",
         422: "invalid signal or request (reasons listed per segment); non-finite model output",
