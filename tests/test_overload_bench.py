@@ -69,7 +69,7 @@ def test_serve_limits_blas_to_the_configured_threads(monkeypatch) -> None:
 def test_recovery_is_the_first_probe_after_the_last_slow_one_and_lists_the_slow_ones() -> None:
     import asyncio
 
-    from benchmarks.overload import recovery
+    from benchmarks.overload import recovery_time, sparse_probes
 
     class OneSlowProbe:
         def __init__(self) -> None:
@@ -81,12 +81,59 @@ def test_recovery_is_the_first_probe_after_the_last_slow_one_and_lists_the_slow_
             return 200, b"", False
 
     pool = OneSlowProbe()
-    recovered, slow = asyncio.run(
-        recovery(pool, [b"x"], normal_p50=0.005, seconds=0.6)  # type: ignore[arg-type]
-    )
-    assert pool.calls >= 4
+    seen = asyncio.run(sparse_probes(pool, [b"x"], seconds=0.6))  # type: ignore[arg-type]
+    assert pool.calls >= 4 and 0.0 <= seen[0].scheduled < 0.01  # seconds from the first probe
+    # every later probe within 2x (window=1): recovered at the probe after the slow one
+    recovered, slow = recovery_time(seen, normal_p50=0.005, window=1)
     assert [(status, latency >= 50) for _, status, latency in slow] == [(200, True)]
     assert recovered is not None and slow[0][0] < recovered < 0.6
+    # the default judges medians of 5: one slow probe is the unloaded tail, listed but not judged
+    assert recovery_time(seen, normal_p50=0.005)[0] == 0.0
+    # against a baseline as slow as the slow probe: nothing to recover from
+    assert recovery_time(seen, normal_p50=0.05) == (0.0, [])
+
+
+def test_recovery_is_where_the_slow_probes_end_and_never_when_they_do_not() -> None:
+    from benchmarks.overload import Outcome, recovery_time
+
+    def series(latencies_ms: list[float], failed: tuple[int, ...] = ()) -> list[Outcome]:
+        return [Outcome(i / 10, 0 if i in failed else 200, ms / 1000) for i, ms in enumerate(latencies_ms)]
+
+    draining = series([50.0] * 8 + [5.0] * 12)  # a queue that empties at probe 8 (0.8 s)
+    assert recovery_time(draining, normal_p50=0.005) == (0.8, [(i / 10, 200, 50.0) for i in range(8)])
+    assert recovery_time(draining, normal_p50=0.005, window=1)[0] == 0.8
+    never = series([5.0] * 5 + [50.0] * 15)
+    assert recovery_time(never, normal_p50=0.005)[0] is None
+    failing = series([5.0] * 20, failed=tuple(range(4, 20)))  # failures are slow, whatever their time
+    assert recovery_time(failing, normal_p50=0.005)[0] is None
+    assert recovery_time(series([5.0] * 20), normal_p50=0.005) == (0.0, [])
+
+
+def test_the_recovery_text_names_its_baseline_the_control_and_the_earlier_rules() -> None:
+    from benchmarks.overload import recovery_text
+
+    phases = [
+        {
+            "phase": f"{f}x open loop",
+            "recovery_s": 0.0,
+            "recovery_single_probe_s": r1,
+            "recovery_vs_back_to_back_p50_s": r2,
+        }
+        for f, r1, r2 in ((1, 1.2, 5.1), (2, 0.0, 0.3), (4, 0.4, None))
+    ]
+    result = {
+        "phases": phases,
+        "back_to_back_p50_ms": 3.9,
+        "recovery_at_rest_s": 0.0,
+        "recovery_single_probe_at_rest_s": 5.2,
+        "unloaded_p50_ms": 6.0,
+    }
+    text = recovery_text(result)
+    assert "one request every 100 ms at rest" in text and "5 probes centred on it" in text
+    assert "a second series at rest: 0.0 s" in text and "within 2x: 5.2 s" in text
+    assert "1.2 / 0.0 / 0.4 s" in text
+    assert "3.9 ms" in text and "5.1 / 0.3 / None s" in text
+    assert "at rest" not in recovery_text({"phases": phases})  # a result written before the change
 
 
 def test_a_pool_without_reuse_opens_a_connection_per_request() -> None:
