@@ -196,3 +196,19 @@ def test_each_ratio_is_against_the_capacity_measured_before_it() -> None:
     )
     assert "32 clients" in text and "175.0" in text and "150.0-200.0" in text
     assert "180" in capacity_text({"capacity_rps": 180}, {})  # results written before the change
+    sliced = capacity_text(
+        {"capacity_rps": 175.0, "capacity_range_rps": [150.0, 200.0]}, {"capacity_clients": 32, "slices": 4}
+    )
+    assert "4 slices taking turns" in sliced and "150.0-200.0" in sliced and "slice_ratios" in sliced
+
+
+def test_the_cores_of_equal_slices_are_averaged() -> None:
+    from benchmarks.overload import _mean
+
+    assert _mean(
+        [{"cores_gateway": 1.0, "cores_generator": 0.1}, {"cores_gateway": 1.5, "cores_generator": 0.2}]
+    ) == {
+        "cores_gateway": 1.25,
+        "cores_generator": 0.15,
+    }
+    assert _mean([]) == {}
