@@ -272,6 +272,11 @@ class CpuMeter:
         }
 
 
+def _seconds(value: float | None) -> float | None:
+    """A recovery time for the JSON (None: not recovered within the probes)."""
+    return None if value is None else round(value, 2)
+
+
 def _mean(rows: list[dict[str, float]]) -> dict[str, float]:
     """The mean of each key over equal-length slices (cores used)."""
     return {k: round(float(np.mean([r[k] for r in rows])), 2) for k in rows[0]} if rows else {}
@@ -362,8 +367,8 @@ async def run(url: str, args: argparse.Namespace) -> dict[str, Any]:
         capacity_out: list[Outcome] = []
         out: list[Outcome] = []
         probes: list[Outcome] = []
-        rates, ratios, capacity_cores, open_cores = [], [], [], []
-        slice_capacities: list[float] = []
+        capacities: list[float] = []
+        ratios, capacity_cores, open_cores = [], [], []
         batches, opened = (0.0, 0.0), pool.opened
         for _ in range(args.slices):  # closed and open loop in turn: both see the same machine speed
             pool.reuse = True
@@ -381,30 +386,29 @@ async def run(url: str, args: argparse.Namespace) -> dict[str, Any]:
             capacity_out += cap
             out += slice_out
             probes += slice_probes
-            rates.append(capacity * factor)
-            slice_capacities.append(round(capacity, 1))
+            capacities.append(capacity)
             ratios.append(round(sum(o.status == 200 for o in slice_out) / seconds / max(capacity, 1e-9), 3))
         capacity = sum(o.status == 200 for o in capacity_out) / args.seconds
         name = f"capacity (between the {factor:g}x slices)"
         phases.append(
             summarise(name, capacity, args.seconds, capacity_out, [])
             | _mean(capacity_cores)
-            | {"slice_capacities": slice_capacities}
+            | {"slice_capacities": [round(c, 1) for c in capacities]}
         )
-        offered = float(np.mean(rates))
+        offered = factor * float(np.mean(capacities))
         row = summarise(f"{factor:g}x open loop", offered, args.seconds, out, probes) | _mean(open_cores)
         row["connections_opened"] = pool.opened - opened
         row["mean_batch"] = round(batches[0] / max(1.0, batches[1]), 2)
         row["slice_ratios"] = ratios
         after = await sparse_probes(pool, requests)
         rec, row["recovery_slow_probes"] = recovery_time(after, normal_p50)
-        row["recovery_s"] = None if rec is None else round(rec, 2)
+        row["recovery_s"] = _seconds(rec)
         # the rules until 2026-12-04: every later probe within 2x (see recovery_time), and that
         # against a back-to-back p50 (see sparse_probes)
         single, _ = recovery_time(after, normal_p50, window=1)
-        row["recovery_single_probe_s"] = None if single is None else round(single, 2)
+        row["recovery_single_probe_s"] = _seconds(single)
         rec_b2b, _ = recovery_time(after, back_to_back_p50, window=1)
-        row["recovery_vs_back_to_back_p50_s"] = None if rec_b2b is None else round(rec_b2b, 2)
+        row["recovery_vs_back_to_back_p50_s"] = _seconds(rec_b2b)
         row["goodput_vs_capacity"] = round(row["goodput_rps"] / capacity, 3)
         phases.append(row)
         print(json.dumps(row), flush=True)
@@ -420,8 +424,8 @@ async def run(url: str, args: argparse.Namespace) -> dict[str, Any]:
         "unloaded_p99_ms": pct(rest_ok, 99),
         "back_to_back_p50_ms": round(back_to_back_p50 * 1000, 2),
         "back_to_back_p99_ms": pct(quiet_ok, 99),
-        "recovery_at_rest_s": None if control is None else round(control, 2),
-        "recovery_single_probe_at_rest_s": None if control_single is None else round(control_single, 2),
+        "recovery_at_rest_s": _seconds(control),
+        "recovery_single_probe_at_rest_s": _seconds(control_single),
         "recovery_at_rest_slow_probes": control_slow,
         "phases": phases,
     }
@@ -493,8 +497,8 @@ def recovery_text(result: dict[str, Any]) -> str:
     return (
         " Recovery: the probe (one every 100 ms for 6 s after the load) from which on every probe's "
         f"median with its neighbours ({RECOVERY_WINDOW} probes centred on it) is within 2x the unloaded p50, "
-        "measured the same way "
-        "(one request every 100 ms at rest); the probes above 2x are in the JSON (`recovery_slow_probes`). "
+        "measured the same way (one request every 100 ms at rest); the probes above 2x are in the JSON "
+        "(`recovery_slow_probes`). "
         f"Control, a second series at rest: {result['recovery_at_rest_s']} s (by the rule until "
         f"2026-12-04, every later probe within 2x: {result.get('recovery_single_probe_at_rest_s')} s). "
         f"By that rule, after 1x / 2x / 4x: {after('recovery_single_probe_s')} s; and against the p50 "
